@@ -1,0 +1,113 @@
+"""msapp: the MONAI Label app for MS MRI. Wiring only; everything else lives in the mslesion package."""
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+_LIB = Path(__file__).resolve().parents[2] / "lib"
+if _LIB.is_dir() and str(_LIB) not in sys.path:
+    sys.path.insert(0, str(_LIB))
+
+from monailabel.config import settings  # noqa: E402
+from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+
+from mslesion import __version__, api  # noqa: E402
+from mslesion.datastore import ValidatingDatastore  # noqa: E402
+from mslesion.strategies import FirstStrategy, FlipUncertaintyScoring, RandomStrategy, UncertaintyStrategy  # noqa: E402
+from mslesion.studies import StudyError, resolve_sequences  # noqa: E402
+from mslesion.tasks import TASKS  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+class MSApp(MONAILabelApp):
+    """Conf options (``--conf KEY VALUE``): models (comma list, default all), model_dir (where training
+    publishes, default <app>/model), <task>_weights (your own default weights), uncertainty_candidates."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
+        self.model_dir = conf.get("model_dir") or os.path.join(app_dir, "model")
+        wanted = [m.strip() for m in conf.get("models", "all").split(",") if m.strip()]
+        unknown = [m for m in wanted if m != "all" and m not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown} in --conf models; available: {', '.join(TASKS)}")
+        self.configs = {}
+        for name, config_class in TASKS.items():
+            if "all" in wanted or name in wanted:
+                config = config_class()
+                config.init(name, self.model_dir, conf, None)
+                self.configs[name] = config
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="msapp",
+            description="Multiple sclerosis lesion segmentation with active learning (phantom-trained defaults)",
+            version=__version__,
+        )
+
+    def init_datastore(self):
+        return ValidatingDatastore(
+            self.studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def init_infers(self):
+        return {name: config.infer() for name, config in self.configs.items()}
+
+    def init_trainers(self):
+        return {name: config.trainer() for name, config in self.configs.items()}
+
+    def _uncertainty_scoring(self):
+        if "flair_lesion" not in self._infers:
+            return None
+        if not hasattr(self, "_flair_scoring"):
+            self._flair_scoring = FlipUncertaintyScoring(self._infers["flair_lesion"], key="flair_lesion_uncertainty")
+        return self._flair_scoring
+
+    def init_strategies(self):
+        strategies = {"random": RandomStrategy(), "first": FirstStrategy()}
+        scoring = self._uncertainty_scoring()
+        if scoring:
+            candidates = int(self.conf.get("uncertainty_candidates", 8))
+            strategies["uncertainty"] = UncertaintyStrategy(scoring, max_candidates=candidates)
+        return strategies
+
+    def init_scoring_methods(self):
+        scoring = self._uncertainty_scoring()
+        return {"flair_lesion_uncertainty": scoring} if scoring else {}
+
+    def check_model(self, model: str):
+        if model not in self._infers:
+            raise StudyError(404, f"There is no model '{model}'; available: {', '.join(self._infers)}.")
+        return self.configs[model]
+
+    def check_trainable(self, model: str):
+        if model not in self._trainers:
+            raise StudyError(404, f"There is no trainer '{model}'; available: {', '.join(self._trainers)}.")
+        self._trainers[model].check_ready(self.datastore())
+
+    def infer(self, request, datastore=None):
+        config = self.check_model(request.get("model", ""))
+        image = request.get("image")
+        if isinstance(image, str) and not os.path.exists(image):
+            recipe = config.recipe
+            request = dict(request)
+            request["sequences"] = resolve_sequences(
+                datastore or self.datastore(), image, config.name, recipe.inputs[0], recipe.inputs[1:]
+            )
+        return super().infer(request, datastore)
+
+    def next_sample(self, request):
+        strategy = request.get("strategy") or "random"
+        if strategy not in self._strategies:
+            raise StudyError(404, f"There is no strategy '{strategy}'; available: {', '.join(self._strategies)}.")
+        return super().next_sample(request)
+
+    def on_init_complete(self):
+        super().on_init_complete()
+        server = sys.modules.get("monailabel.app")
+        if server is not None:
+            api.install(server.app, self)

@@ -1,0 +1,82 @@
+"""Lesion-wise detection metrics and overlap scores for binary lesion masks.
+
+A lesion is a connected component (26-connectivity) of at least ``min_voxels`` voxels. A true lesion counts as
+detected when any of its voxels is predicted; a predicted lesion counts as correct when it touches any true
+lesion. Sensitivity is taken over true lesions, PPV over predicted lesions, as in the MS literature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+_FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+
+
+def lesion_components(mask: np.ndarray, min_voxels: int = 1) -> tuple[np.ndarray, int]:
+    """Connected lesions of a mask, renumbered 1..n after dropping those smaller than ``min_voxels``."""
+    structure = _FULL_CONNECTIVITY[(slice(None),) * mask.ndim] if mask.ndim == 3 else None
+    labels, count = ndimage.label(np.asarray(mask) > 0, structure=structure)
+    if min_voxels > 1 and count:
+        sizes = np.bincount(labels.ravel())
+        keep = np.flatnonzero(sizes >= min_voxels)
+        keep = keep[keep > 0]
+        lookup = np.zeros(count + 1, dtype=np.int32)
+        lookup[keep] = np.arange(1, keep.size + 1)
+        labels, count = lookup[labels], int(keep.size)
+    return labels, int(count)
+
+
+@dataclass(frozen=True)
+class LesionScores:
+    true_lesions: int
+    predicted_lesions: int
+    detected: int          # true lesions touched by the prediction
+    correct: int           # predicted lesions touching a true lesion
+    sensitivity: float
+    ppv: float
+    f1: float
+    dice: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ratio(numerator: int, denominator: int, empty: float) -> float:
+    return numerator / denominator if denominator else empty
+
+
+def dice(truth: np.ndarray, prediction: np.ndarray) -> float:
+    """Voxel-wise Dice; 1.0 when both masks are empty."""
+    t, p = np.asarray(truth) > 0, np.asarray(prediction) > 0
+    total = int(t.sum()) + int(p.sum())
+    return 2.0 * int(np.logical_and(t, p).sum()) / total if total else 1.0
+
+
+def lesion_scores(truth: np.ndarray, prediction: np.ndarray, min_voxels: int = 3) -> LesionScores:
+    """Lesion-wise sensitivity, PPV and F1, plus voxel Dice, of a predicted mask against the truth."""
+    truth, prediction = np.asarray(truth) > 0, np.asarray(prediction) > 0
+    if truth.shape != prediction.shape:
+        raise ValueError(f"shapes differ: truth {truth.shape}, prediction {prediction.shape}")
+    true_labels, n_true = lesion_components(truth, min_voxels)
+    pred_labels, n_pred = lesion_components(prediction, min_voxels)
+    detected = np.unique(true_labels[prediction & (true_labels > 0)]).size
+    correct = np.unique(pred_labels[truth & (pred_labels > 0)]).size
+    sensitivity = _ratio(detected, n_true, 1.0)
+    ppv = _ratio(correct, n_pred, 1.0 if n_true == 0 else 0.0)
+    f1 = 2 * sensitivity * ppv / (sensitivity + ppv) if sensitivity + ppv else 0.0
+    return LesionScores(n_true, n_pred, int(detected), int(correct), sensitivity, ppv, f1, dice(truth, prediction))
+
+
+def mean_scores(scores: list[LesionScores]) -> dict[str, float]:
+    """Per-study means of the rates and sums of the counts, for reporting a cohort."""
+    if not scores:
+        return {}
+    rows = [s.as_dict() for s in scores]
+    out: dict[str, float] = {}
+    for key in rows[0]:
+        values = [row[key] for row in rows]
+        out[key] = float(np.sum(values)) if isinstance(values[0], int) else float(np.mean(values))
+    return out

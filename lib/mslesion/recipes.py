@@ -1,0 +1,61 @@
+"""Training and inference recipes of the U-Net tasks, as data (the nnU-Net "plans" idea).
+
+One recipe per task, shared by pretraining, fine-tuning, inference and evaluation. ``PAPER`` holds the
+published schedule (UCSF, Frontiers 2023) for a GPU; ``for_cpu`` shortens it to what a 2-core CPU can do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from .studies import FLAIR
+
+
+@dataclass(frozen=True)
+class Recipe:
+    task: str
+    inputs: tuple[str, ...]                 # sequences stacked as channels; the first is the one a user opens
+    positive_values: tuple[int, ...]        # values of a saved label that count as this task's lesions
+    output_value: int                       # value written into the answered label for a predicted lesion
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    patch: tuple[int, int, int] = (96, 96, 96)
+    patches_per_study: int = 60             # half of them centred on lesion, half lesion-free
+    augmentations: int = 3                  # augmented passes over each study's patches per epoch
+    epochs: int = 30
+    lr: float = 1e-5                        # the paper's fine-tuning learning rate (Adam)
+    pretrain_lr: float = 1e-3               # de novo training of the defaults on phantom cohorts
+    batch_size: int = 4
+    elastic_prob: float = 0.5
+    channels: tuple[int, ...] = (8, 16, 32, 64, 128)   # 5 levels: 4 down- and 4 up-sampling blocks
+    dropout: float = 0.1
+    infer_roi: tuple[int, int, int] = (160, 192, 160)  # sliding window covering a cropped 1 mm brain
+    sw_overlap: float = 0.25
+    sw_batch_size: int = 1
+    min_lesion_voxels: int = 3              # smaller components are neither counted nor reported
+    min_labelled_studies: int = 2           # one to train on and one to validate with
+    val_fraction: float = 0.2
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def with_overrides(self, request: dict) -> Recipe:
+        """The recipe with the numeric fields a training request may change (epochs, lr, patches...)."""
+        allowed = {"epochs", "lr", "patches_per_study", "augmentations", "batch_size", "elastic_prob", "val_fraction"}
+        aliases = {"max_epochs": "epochs", "learning_rate": "lr"}
+        changes = {}
+        for key, value in request.items():
+            key = aliases.get(key, key)
+            if key in allowed and value is not None:
+                changes[key] = type(getattr(self, key))(value)
+        return replace(self, **changes)
+
+
+def for_cpu(recipe: Recipe) -> Recipe:
+    """The schedule a 2-core CPU finishes in minutes: fewer patches, one augmented pass, a few epochs."""
+    return replace(recipe, patches_per_study=8, augmentations=1, epochs=4, batch_size=2, elastic_prob=0.0)
+
+
+FLAIR_LESION = Recipe(task="flair_lesion", inputs=(FLAIR,), positive_values=(1, 2), output_value=1)
+
+RECIPES = {r.task: r for r in (FLAIR_LESION,)}

@@ -1,0 +1,124 @@
+"""Active learning: which unlabelled study a radiologist should correct next.
+
+Strategies pick among the unlabelled images of a task's primary sequence (FLAIR for flair_lesion), never a
+T1w or T2w companion. ``uncertainty`` ranks them by a flip test-time-augmentation score: how much the model's
+lesion probability changes when the brain is mirrored, averaged over the voxels any pass calls lesion.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+
+import torch
+from monai.transforms import Compose
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.utils.others.generic import name_to_device
+
+from .inference import amp_sliding_window
+from .studies import FLAIR, parse_image_id
+
+logger = logging.getLogger(__name__)
+
+FLIPS = ((), (2,), (3,), (4,))  # identity, then a mirror along each spatial axis of a (B, C, x, y, z) batch
+
+
+def unlabelled_images(datastore: Datastore, sequence: str = FLAIR) -> list[str]:
+    """Ids of images of ``sequence`` that have no final label yet, in name order."""
+    ids = datastore.get_unlabeled_images(DefaultLabelTag.FINAL.value)
+    return sorted(i for i in ids if (ref := parse_image_id(i)) is not None and ref.suffix == sequence)
+
+
+@torch.no_grad()
+def flip_uncertainty(infer_task, image_path: str, device: str = "cpu", flips=FLIPS) -> float:
+    """Mean variance of the lesion probability across mirrored passes, over voxels any pass calls lesion."""
+    data = Compose(infer_task.pre_transforms({"device": device}))({"image": image_path, "device": device})
+    network = infer_task._get_network(device, data)
+    inferer = amp_sliding_window(infer_task.recipe)
+    image = data["image"][None].to(device)
+    probabilities = []
+    for dims in flips:
+        x = image.flip(dims) if dims else image
+        p = torch.softmax(inferer(x, network), dim=1)[:, 1]
+        probabilities.append(p.flip([d - 1 for d in dims]) if dims else p)
+    stack = torch.stack(probabilities)
+    lesion = (stack > 0.5).any(dim=0)
+    return float(stack.var(dim=0)[lesion].mean()) if lesion.any() else 0.0
+
+
+class FlipUncertaintyScoring(ScoringMethod):
+    """Scores unlabelled images of a task and stores the score in each image's info in the datastore."""
+
+    def __init__(self, infer_task, key: str, max_images: int = 0):
+        super().__init__(f"Flip test-time-augmentation uncertainty of {infer_task.recipe.task}")
+        self.infer_task = infer_task
+        self.key = key
+        self.max_images = max_images
+
+    def weights_version(self) -> float:
+        path = self.infer_task.get_path()
+        return os.path.getmtime(path) if path else 0.0
+
+    def score(self, datastore: Datastore, image_ids: list[str], device: str) -> dict[str, float]:
+        version, scores = self.weights_version(), {}
+        for image_id in image_ids:
+            info = datastore.get_image_info(image_id).get(self.key) or {}
+            if info.get("weights_version") == version:
+                scores[image_id] = info["score"]
+                continue
+            started = time.time()
+            scores[image_id] = flip_uncertainty(self.infer_task, datastore.get_image_uri(image_id), device)
+            datastore.update_image_info(
+                image_id, {self.key: {"score": scores[image_id], "weights_version": version, "ts": int(time.time())}}
+            )
+            logger.info("%s: %s = %.5f (%.1f s)", image_id, self.key, scores[image_id], time.time() - started)
+        return scores
+
+    def __call__(self, request, datastore: Datastore):
+        device = name_to_device(request.get("device", "cuda"))
+        ids = unlabelled_images(datastore, self.infer_task.recipe.inputs[0])
+        limit = int(request.get("max_images", self.max_images) or 0)
+        return self.score(datastore, ids[:limit] if limit else ids, device)
+
+
+class UncertaintyStrategy(Strategy):
+    """The unlabelled image the model is least sure about, scored on demand for up to ``max_candidates``."""
+
+    def __init__(self, scoring: FlipUncertaintyScoring, max_candidates: int = 8):
+        super().__init__("Most uncertain unlabelled FLAIR (flip test-time augmentation)")
+        self.scoring = scoring
+        self.max_candidates = max_candidates
+
+    def __call__(self, request, datastore: Datastore):
+        ids = unlabelled_images(datastore, self.scoring.infer_task.recipe.inputs[0])
+        if not ids:
+            return None
+        limit = int(request.get("max_candidates", self.max_candidates))
+        candidates = ids if limit <= 0 else ids[:limit]
+        scores = self.scoring.score(datastore, candidates, name_to_device(request.get("device", "cuda")))
+        best = max(candidates, key=lambda i: scores[i])
+        return {"id": best, "score": scores[best], "strategy": "uncertainty"}
+
+
+class RandomStrategy(Strategy):
+    def __init__(self, sequence: str = FLAIR):
+        super().__init__(f"Random unlabelled {sequence}")
+        self.sequence = sequence
+
+    def __call__(self, request, datastore: Datastore):
+        ids = unlabelled_images(datastore, self.sequence)
+        return {"id": random.choice(ids), "strategy": "random"} if ids else None
+
+
+class FirstStrategy(Strategy):
+    def __init__(self, sequence: str = FLAIR):
+        super().__init__(f"First unlabelled {sequence} in name order")
+        self.sequence = sequence
+
+    def __call__(self, request, datastore: Datastore):
+        ids = unlabelled_images(datastore, self.sequence)
+        return {"id": ids[0], "strategy": "first"} if ids else None

@@ -1,0 +1,305 @@
+"""The lesion U-Net pipeline that flair_lesion (and later new_lesion, enhancement) share.
+
+A task module says only what is its own (its recipe, its inputs); this module holds the TaskConfig,
+InferTask and TrainTask they all use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, SpatialResample
+from monailabel.interfaces.config import TaskConfig
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.utils.others.generic import name_to_device
+
+from .. import weights
+from ..inference import amp_sliding_window, argmax_label
+from ..networks import lesion_unet
+from ..recipes import Recipe, for_cpu
+from ..report import lesion_report
+from ..studies import StudyError, parse_image_id
+from ..training import fit
+from ..transforms import IMAGE, preprocess
+
+logger = logging.getLogger(__name__)
+
+
+class LesionLabeld(MapTransform):
+    """Logits to a label holding ``value`` on predicted lesion voxels (0 elsewhere), keeping the geometry."""
+
+    def __init__(self, keys, value: int):
+        super().__init__(keys)
+        self.value = value
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            logits = d[key]
+            label = argmax_label(logits) * self.value
+            d[key] = MetaTensor(label, affine=logits.affine) if isinstance(logits, MetaTensor) else label
+        return d
+
+
+def integer_offset(src_affine: np.ndarray, dst_affine: np.ndarray) -> np.ndarray | None:
+    """Voxel offset from one grid to another when they differ only by a whole-voxel shift (a crop), else None."""
+    voxel_to_voxel = np.linalg.inv(dst_affine) @ src_affine
+    shift = voxel_to_voxel[:3, 3]
+    if np.allclose(voxel_to_voxel[:3, :3], np.eye(3), atol=1e-4) and np.allclose(shift, np.round(shift), atol=1e-3):
+        return np.round(shift).astype(int)
+    return None
+
+
+def paste(label: torch.Tensor, offset: np.ndarray, shape: list[int]) -> torch.Tensor:
+    """A (1, ...) label placed at ``offset`` inside an empty volume of ``shape`` (parts outside are dropped)."""
+    out = torch.zeros((1, *shape), dtype=label.dtype, device=label.device)
+    src, dst = [slice(None)], [slice(None)]
+    for start, size, full in zip(offset.tolist(), label.shape[1:], shape, strict=True):
+        lo, hi = max(start, 0), min(start + size, full)
+        if hi <= lo:
+            return out
+        src.append(slice(lo - start, hi - start))
+        dst.append(slice(lo, hi))
+    out[tuple(dst)] = label[tuple(src)]
+    return out
+
+
+class RestoreGeometryd(MapTransform):
+    """Resamples a label back onto the grid of the image as it was loaded (orientation, spacing, crop undone)."""
+
+    def __init__(self, keys, ref_key: str = IMAGE):
+        super().__init__(keys)
+        self.ref_key = ref_key
+        self.resample = SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float32)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        meta = d[self.ref_key].meta
+        affine = torch.as_tensor(np.asarray(meta["original_affine"]), dtype=torch.float64)
+        shape = [int(s) for s in np.asarray(meta["spatial_shape"]).tolist()]
+        for key in self.key_iterator(d):
+            label = d[key]
+            offset = integer_offset(np.asarray(label.affine, dtype=np.float64), affine.numpy())
+            if offset is not None:  # same grid up to the head crop: paste, no interpolation
+                d[key] = paste(label.as_tensor() if isinstance(label, MetaTensor) else label, offset, shape)
+                continue
+            restored = self.resample(label.to(torch.float32), dst_affine=affine, spatial_size=shape)
+            d[key] = restored.round().to(torch.uint8)
+        return d
+
+
+def write_label(label: np.ndarray, affine: np.ndarray, compresslevel: int = 1) -> str:
+    """uint8 NIfTI in a temp file; a low gzip level because writing, not size, dominated the probe's latency."""
+    image = nib.Nifti1Image(np.ascontiguousarray(label, dtype=np.uint8), affine)
+    image.header.set_qform(affine, code=1)
+    image.header.set_sform(affine, code=1)
+    fd, path = tempfile.mkstemp(suffix=".nii.gz", prefix="msapp-label-")
+    os.close(fd)
+    nib.openers.Opener.default_compresslevel = compresslevel
+    nib.save(image, path)
+    return path
+
+
+class LesionSegmentationInfer(BasicInferTask):
+    """Sliding-window U-Net inference of one task's lesions, answered on the opened image's own grid."""
+
+    def __init__(self, recipe: Recipe, paths: list[str], network: torch.nn.Module, description: str):
+        super().__init__(
+            path=paths,
+            network=network,
+            type=InferType.SEGMENTATION,
+            labels={"lesion": recipe.output_value},
+            dimension=3,
+            description=description,
+            roi_size=recipe.infer_roi,
+            config={"min_lesion_voxels": recipe.min_lesion_voxels},
+        )
+        self.recipe = recipe
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        info["inputs"] = list(self.recipe.inputs)
+        return info
+
+    def pre_transforms(self, data=None):
+        device = (data or {}).get("device", "cpu")
+        return preprocess(self.recipe, device=device)
+
+    def inferer(self, data=None):
+        return amp_sliding_window(self.recipe)
+
+    def inverse_transforms(self, data=None):
+        return None
+
+    def post_transforms(self, data=None):
+        return [LesionLabeld(keys="pred", value=self.recipe.output_value), RestoreGeometryd(keys="pred")]
+
+    def writer(self, data: dict, extension=None, dtype=None):
+        label = data["pred"][0].cpu().numpy().astype(np.uint8)
+        affine = np.asarray(data[IMAGE].meta["original_affine"], dtype=np.float64)
+        path = write_label(label, affine)
+        min_voxels = int(data.get("min_lesion_voxels", self.recipe.min_lesion_voxels))
+        weights_path = self.get_path()
+        result = {
+            "task": self.recipe.task,
+            "lesions": lesion_report(label, affine, min_voxels=min_voxels),
+            "weights": os.path.basename(str(weights_path)) if weights_path else None,
+            "weights_modified": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(os.path.getmtime(weights_path)))
+            if weights_path
+            else None,
+            "device": str(data.get("device")),
+        }
+        return path, result
+
+
+class LesionSegmentationTrain(TrainTask):
+    """Fine-tunes a task's U-Net from the labels radiologists saved (or trains it de novo), then publishes it."""
+
+    def __init__(self, recipe: Recipe, model_dir: str, default_weights: Path, description: str):
+        super().__init__(description)
+        self.recipe = recipe
+        self.model_dir = model_dir
+        self.default_weights = default_weights
+        self.stats_path = Path(model_dir) / recipe.task / "train_stats.json"
+
+    def config(self) -> dict:
+        return {
+            "pretrained": True,
+            "schedule": "auto",  # "paper" for the published schedule, "cpu" for the short one, auto picks
+            "max_epochs": None,
+            "lr": self.recipe.lr,
+            "patches_per_study": None,
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+        }
+
+    def stats(self) -> dict:
+        try:
+            return json.loads(self.stats_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write_stats(self, stats: dict) -> None:
+        self.stats_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.stats_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(stats, indent=1))
+        os.replace(tmp, self.stats_path)
+
+    def labelled_studies(self, datastore: Datastore) -> list[dict]:
+        """Training items (input channel paths and label path) of every image of this task with a final label."""
+        items = []
+        for entry in datastore.datalist():
+            ref = parse_image_id(entry["image"])
+            if ref is None or ref.suffix != self.recipe.inputs[0]:
+                continue
+            item = {IMAGE: entry["image"], "label": entry["label"], "id": ref.image_id}
+            for companion in self.recipe.inputs[1:]:
+                path = datastore.get_image_uri(ref.companion(companion).image_id)
+                if not path:
+                    break
+                item[companion] = path
+            else:
+                items.append(item)
+        return sorted(items, key=lambda i: i["id"])
+
+    def check_ready(self, datastore: Datastore) -> list[dict]:
+        items = self.labelled_studies(datastore)
+        needed = self.recipe.min_labelled_studies
+        if len(items) < needed:
+            raise StudyError(
+                422,
+                f"{self.recipe.task} training needs at least {needed} labelled {self.recipe.inputs[0]} images "
+                f"(one to train on, one to validate with); the datastore has {len(items)}. "
+                "Save corrected labels with PUT /datastore/label (Slicer: Submit Label) and try again.",
+            )
+        return items
+
+    def __call__(self, request: dict, datastore: Datastore) -> dict:
+        items = self.check_ready(datastore)
+        device = torch.device(name_to_device(request.get("device", "cuda")))
+        schedule = request.get("schedule", "auto")
+        recipe = self.recipe if schedule == "paper" or (schedule == "auto" and device.type == "cuda") else for_cpu(
+            self.recipe
+        )
+        recipe = recipe.with_overrides(request)
+        n_val = max(1, round(len(items) * recipe.val_fraction))
+        val_items, train_items = items[-n_val:], items[:-n_val]
+
+        network = lesion_unet(recipe)
+        pretrained = str(request.get("pretrained", True)).lower() not in ("false", "0", "no")
+        current = weights.published_weights(self.model_dir, recipe.task)
+        start_from = current if current.exists() else self.default_weights
+        if pretrained:
+            network.load_state_dict(weights.load_state(start_from))
+        lr = recipe.lr if pretrained else recipe.pretrain_lr
+        started = time.strftime("%Y-%m-%dT%H:%M:%S")
+        base = {
+            "task": recipe.task,
+            "status": "RUNNING",
+            "start_ts": started,
+            "device": str(device),
+            "pretrained_from": start_from.name if pretrained else None,
+            "train_studies": [i["id"] for i in train_items],
+            "val_studies": [i["id"] for i in val_items],
+            "recipe": {k: v for k, v in recipe.as_dict().items() if k != "extra"},
+        }
+        self._write_stats(base)
+
+        def progress(update: dict) -> None:
+            self._write_stats({**base, **update})
+
+        result = fit(recipe, network, train_items, val_items, device, lr=lr, loss="ce", progress=progress)
+        published = weights.publish(
+            result.state,
+            self.model_dir,
+            recipe.task,
+            metadata={"best_epoch": result.best_epoch, "validation": result.validation, "pretrained": pretrained},
+        )
+        stats = {
+            **base,
+            "status": "PUBLISHED",
+            "end_ts": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "history": result.history,
+            "best_epoch": result.best_epoch,
+            "best_validation": result.validation,
+            "patches_per_second": round(result.patches_per_second, 3),
+            "seconds": round(result.seconds, 1),
+            "published": str(published),
+        }
+        self._write_stats(stats)
+        return stats
+
+
+class LesionSegmentationConfig(TaskConfig):
+    """TaskConfig of a lesion U-Net task; a subclass names its recipe and describes itself."""
+
+    recipe: Recipe
+    description: str = ""
+
+    def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs):
+        super().init(name, model_dir, conf, planner, **kwargs)
+        self.network = lesion_unet(self.recipe)
+        user_weights = conf.get(f"{name}_weights")
+        self.default_weights = Path(user_weights) if user_weights else weights.default_weights(name)
+        self.published = weights.published_weights(model_dir, name)
+        # MONAI Label uses the last path that exists: published fine-tuned weights win over the defaults.
+        self.path = [str(self.default_weights), str(self.published)]
+
+    def infer(self):
+        return LesionSegmentationInfer(self.recipe, self.path, self.network, self.description)
+
+    def trainer(self):
+        return LesionSegmentationTrain(self.recipe, self.model_dir, self.default_weights, self.description)

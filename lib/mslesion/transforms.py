@@ -1,0 +1,163 @@
+"""Shared MONAI transform chains of the U-Net tasks: the same preprocessing for training, validation and
+inference, so a model sees at serving time exactly what it saw in training."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import (
+    ConcatItemsd,
+    CropForegroundd,
+    DeleteItemsd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    Rand3DElasticd,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    Spacingd,
+)
+
+from .recipes import Recipe
+
+IMAGE, LABEL = "image", "label"
+
+
+def channel_keys(recipe: Recipe) -> list[str]:
+    """Data keys of the input channels: ``image`` holds the primary sequence, companions keep their suffix."""
+    return [IMAGE, *recipe.inputs[1:]]
+
+
+def head_foreground(image: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Voxels brighter than a tenth of the robust maximum: the head, not the (noisy, non-zero) background."""
+    data = image[0] if image.ndim == 4 else image
+    sample = data[::4, ::4, ::4].reshape(-1)
+    if isinstance(sample, torch.Tensor):
+        level = torch.quantile(sample.float(), 0.99)
+    else:
+        level = np.quantile(sample, 0.99)
+    mask = image > 0.1 * level
+    return mask
+
+
+class CompanionPathsd(MapTransform):
+    """Puts the path of each companion sequence under its own key, from the request's ``sequences``."""
+
+    def __init__(self, companions: Sequence[str], sequences_key: str = "sequences"):
+        super().__init__(keys=list(companions), allow_missing_keys=True)
+        self.sequences_key = sequences_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        sequences = d.get(self.sequences_key) or {}
+        for key in self.keys:
+            if key not in d:
+                if key not in sequences:
+                    raise KeyError(f"companion sequence {key} is missing from the request")
+                d[key] = sequences[key]
+        return d
+
+
+class ForegroundZScored(MapTransform):
+    """Z-score each channel over the head foreground (mean/SD normalisation of the paper), background kept."""
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            mask = head_foreground(image[:1])[0]
+            out = image.clone() if isinstance(image, torch.Tensor) else image.copy()
+            for c in range(image.shape[0]):
+                values = image[c][mask]
+                mean, std = values.mean(), values.std()
+                out[c] = (image[c] - mean) / (std if std > 0 else 1.0)
+            d[key] = out
+        return d
+
+
+class LesionMaskd(MapTransform):
+    """Turns a saved label into this task's binary target: 1 where the label holds one of ``values``."""
+
+    def __init__(self, keys: KeysCollection, values: Sequence[int]):
+        super().__init__(keys)
+        self.values = tuple(values)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            mask = torch.zeros_like(label, dtype=torch.bool) if isinstance(label, torch.Tensor) else None
+            for value in self.values:
+                hit = label.round() == value
+                mask = hit if mask is None else (mask | hit)
+            d[key] = mask.to(torch.float32) if isinstance(mask, torch.Tensor) else mask.astype(np.float32)
+        return d
+
+
+def preprocess(recipe: Recipe, with_label: bool = False, device: str | torch.device = "cpu") -> list:
+    """Load, stack channels, move to the device, RAS, 1 mm, crop to the head, z-score (and binarise the label)."""
+    channels = channel_keys(recipe)
+    keys = channels + ([LABEL] if with_label else [])
+    chain: list = [CompanionPathsd(recipe.inputs[1:])] if len(channels) > 1 else []
+    chain += [
+        LoadImaged(keys=keys, reader="NibabelReader", dtype=np.float32),
+        EnsureChannelFirstd(keys=keys),
+    ]
+    if len(channels) > 1:
+        chain += [ConcatItemsd(keys=channels, name=IMAGE), DeleteItemsd(keys=channels[1:])]
+    spatial = [IMAGE] + ([LABEL] if with_label else [])
+    modes = ["bilinear"] + (["nearest"] if with_label else [])
+    chain += [
+        EnsureTyped(keys=spatial, device=device, track_meta=True),
+        Orientationd(keys=spatial, axcodes="RAS"),
+        Spacingd(keys=spatial, pixdim=recipe.spacing, mode=modes),
+        CropForegroundd(keys=spatial, source_key=IMAGE, select_fn=head_foreground, margin=4, allow_smaller=True),
+        ForegroundZScored(keys=IMAGE),
+    ]
+    if with_label:
+        chain.append(LesionMaskd(keys=LABEL, values=recipe.positive_values))
+    return chain
+
+
+def training_augmentation(recipe: Recipe, num_samples: int | None = None) -> list:
+    """Patch sampling (half on lesions, half off) and the paper's augmentations (elastic, affine, flips)."""
+    keys = [IMAGE, LABEL]
+    return [
+        RandCropByPosNegLabeld(
+            keys=keys,
+            label_key=LABEL,
+            spatial_size=recipe.patch,
+            pos=1,
+            neg=1,
+            num_samples=num_samples or recipe.patches_per_study,
+            image_key=IMAGE,
+            allow_smaller=True,
+        ),
+        Rand3DElasticd(
+            keys=keys,
+            sigma_range=(5, 8),
+            magnitude_range=(50, 150),
+            prob=recipe.elastic_prob,
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        ),
+        RandAffined(
+            keys=keys,
+            prob=0.5,
+            rotate_range=(0.2, 0.2, 0.2),
+            scale_range=(0.1, 0.1, 0.1),
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        ),
+        RandFlipd(keys=keys, spatial_axis=0, prob=0.5),
+        RandScaleIntensityd(keys=IMAGE, factors=0.1, prob=0.5),
+        RandShiftIntensityd(keys=IMAGE, offsets=0.1, prob=0.5),
+    ]

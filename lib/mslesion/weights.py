@@ -1,0 +1,83 @@
+"""Where a task's weights live, and how new weights are published without a partial file ever being read.
+
+Default weights ship in the repository's ``model/`` folder. Training publishes into a writable model
+folder: the new file is written beside the target and renamed over it (atomic on one file system), after
+the weights it replaces were kept as ``previous``, so a bad round can be rolled back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO_MODEL_DIR = Path(__file__).resolve().parents[2] / "model"
+
+
+def default_weights(task: str) -> Path:
+    return REPO_MODEL_DIR / f"{task}.pt"
+
+
+def published_weights(model_dir: str | Path, task: str) -> Path:
+    return Path(model_dir) / task / "model.pt"
+
+
+def previous_weights(model_dir: str | Path, task: str) -> Path:
+    return Path(model_dir) / task / "previous.pt"
+
+
+def save_state(state: dict, path: Path, half: bool = False, metadata: dict | None = None) -> None:
+    """Write a checkpoint atomically: temp file in the same folder, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in state.items()}
+    payload = {"model": weights, "meta": dict(metadata or {}, saved=time.strftime("%Y-%m-%dT%H:%M:%S"))}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """The weights of a checkpoint as float32 tensors (defaults are stored in fp16 to stay small)."""
+    payload = torch.load(path, map_location=device, weights_only=True)
+    state = payload.get("model", payload)
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def load_metadata(path: str | Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+
+
+def publish(state: dict, model_dir: str | Path, task: str, metadata: dict | None = None) -> Path:
+    """Make new weights the ones inference uses, keeping the weights they replace as ``previous.pt``."""
+    target = published_weights(model_dir, task)
+    if target.exists():
+        keep = previous_weights(model_dir, task)
+        tmp = keep.with_name(f".{keep.name}.copy")
+        shutil.copyfile(target, tmp)
+        os.replace(tmp, keep)
+    save_state(state, target, metadata=metadata)
+    return target
+
+
+def rollback(model_dir: str | Path, task: str) -> Path:
+    """Put the previous weights back (the current ones become ``previous``)."""
+    target, keep = published_weights(model_dir, task), previous_weights(model_dir, task)
+    if not keep.exists():
+        raise FileNotFoundError(f"no previous weights for {task} in {Path(model_dir) / task}")
+    tmp = target.with_name(f".{target.name}.swap")
+    shutil.copyfile(keep, tmp)
+    if target.exists():
+        os.replace(target, keep)
+    os.replace(tmp, target)
+    return target
