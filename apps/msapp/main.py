@@ -8,6 +8,8 @@ from pathlib import Path
 _LIB = Path(__file__).resolve().parents[2] / "lib"
 if _LIB.is_dir() and str(_LIB) not in sys.path:
     sys.path.insert(0, str(_LIB))
+# Training runs in a subprocess that MONAI Label starts with this PYTHONPATH (and fails without one).
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(_LIB)) if p)
 
 from monailabel.config import settings  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402

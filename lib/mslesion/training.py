@@ -18,8 +18,8 @@ from monai.data import CacheDataset, DataLoader, Dataset
 from monai.losses import DiceCELoss
 from monai.transforms import Compose
 
-from .inference import argmax_label, autocast, predict_logits
-from .metrics import lesion_scores, mean_scores
+from .evaluate import score_studies
+from .inference import autocast
 from .recipes import Recipe
 from .transforms import IMAGE, LABEL, preprocess, training_augmentation
 
@@ -42,15 +42,6 @@ def loss_function(name: str) -> torch.nn.Module:
     if name == "dice_ce":
         return DiceCELoss(to_onehot_y=True, softmax=True)
     raise ValueError(f"unknown loss '{name}': use 'ce' or 'dice_ce'")
-
-
-def validate(network: torch.nn.Module, studies: list[dict], recipe: Recipe) -> dict:
-    """Lesion-wise sensitivity, PPV, F1 and Dice over preprocessed validation studies (means per study)."""
-    scores = []
-    for study in studies:
-        label = argmax_label(predict_logits(network, study[IMAGE], recipe))
-        scores.append(lesion_scores(study[LABEL][0].cpu().numpy(), label[0].cpu().numpy(), recipe.min_lesion_voxels))
-    return mean_scores(scores)
 
 
 def fit(
@@ -99,7 +90,7 @@ def fit(
             losses.append(float(value))
             patches += images.shape[0]
         train_seconds += time.time() - epoch_start
-        metrics = validate(network, val_studies, recipe) if val_studies else {}
+        metrics = score_studies(network, val_studies, recipe)
         row = {
             "epoch": epoch,
             "epochs": recipe.epochs,

@@ -37,15 +37,17 @@ def channel_keys(recipe: Recipe) -> list[str]:
 
 
 def head_foreground(image: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    """Voxels brighter than a tenth of the robust maximum: the head, not the (noisy, non-zero) background."""
-    data = image[0] if image.ndim == 4 else image
-    sample = data[::4, ::4, ::4].reshape(-1)
-    if isinstance(sample, torch.Tensor):
-        level = torch.quantile(sample.float(), 0.99)
-    else:
-        level = np.quantile(sample, 0.99)
-    mask = image > 0.1 * level
-    return mask
+    """The head, not the background: blocks of 4x4x4 voxels brighter on average than a tenth of the robust
+    maximum. Block means silence the background noise (Rician, never zero) that would defeat a voxel test."""
+    data = torch.as_tensor(image[0] if image.ndim == 4 else image, dtype=torch.float32)
+    blocks = torch.nn.functional.avg_pool3d(data[None, None], 4, ceil_mode=True)[0, 0]
+    blocks_mask = blocks > 0.1 * torch.quantile(blocks.reshape(-1), 0.99)
+    mask = blocks_mask
+    for axis, size in enumerate(data.shape):
+        mask = mask.repeat_interleave(4, dim=axis).narrow(axis, 0, size)
+    mask = mask.to(data.device)
+    mask = mask[None].expand(image.shape) if image.ndim == 4 else mask
+    return mask if isinstance(image, torch.Tensor) else mask.cpu().numpy()
 
 
 class CompanionPathsd(MapTransform):
