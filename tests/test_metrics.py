@@ -40,6 +40,20 @@ def test_missed_lesion_and_false_positive(truth):
     assert s.dice == pytest.approx(2 * (8 + 27) / (99 + 8 + 27 + 27))
 
 
+def test_one_sprawling_prediction_is_not_a_perfect_detector(truth):
+    pred = np.ones_like(truth)  # everything is lesion
+    s = lesion_scores(truth, pred)
+    assert s.sensitivity == 1.0 and s.predicted_lesions == 1 and s.correct == 0 and s.ppv == 0.0 and s.f1 == 0.0
+
+
+def test_a_graze_below_the_overlap_threshold_is_not_a_detection(truth):
+    pred = np.zeros_like(truth)
+    pred[2, 2, 2] = pred[2, 2, 3] = pred[2, 3, 2] = 1  # 3 of lesion A's 64 voxels (< 10 %)
+    s = lesion_scores(truth, pred)
+    assert s.detected == 0 and s.correct == 1
+    assert lesion_scores(truth, pred, min_overlap=0.01).detected == 1
+
+
 def test_min_voxels_drops_small_lesions_from_both_sides(truth):
     pred = truth.copy()
     pred[35, 35, 35] = 1  # a single-voxel false positive

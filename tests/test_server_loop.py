@@ -60,6 +60,8 @@ def test_loop(client, server, phantom_root, tmp_path):
     published = server.model_dir / "flair_lesion" / "model.pt"
     assert not published.exists()
     client.train_start("flair_lesion", {"max_epochs": 1, "patches_per_study": 2})
+    second = requests.post(f"{server.url}/train/flair_lesion", json={}, timeout=30)
+    assert second.status_code == 409 and "already running" in second.json()["detail"]
     status = server.wait_for_training()
     assert status["status"] == "DONE", status.get("details", [])[-20:]
     stats = client.info()["train_stats"]["flair_lesion"]

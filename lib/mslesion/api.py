@@ -17,7 +17,7 @@ from monailabel.config import settings
 from monailabel.endpoints import infer as stock_infer
 from monailabel.endpoints import train as stock_train
 from monailabel.endpoints.user.auth import RBAC, User
-from monailabel.utils.async_tasks.utils import processes
+from monailabel.utils.async_tasks.utils import tasks
 
 from .studies import StudyError
 
@@ -62,8 +62,8 @@ def build_router(msapp) -> APIRouter:
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
     ):
         msapp.check_trainable(model)
-        running = processes("train")
-        if running and not enqueue:
+        active = [t for t in tasks("train") if t.get("status") in ("SUBMITTED", "RUNNING")]
+        if active and not enqueue:
             raise StudyError(
                 409,
                 "A training is already running; wait for it (GET /train/?check_if_running=true) "

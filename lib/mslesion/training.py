@@ -87,7 +87,7 @@ def fit(
                 value = criterion(network(images), labels)
             value.backward()
             optimizer.step()
-            losses.append(float(value))
+            losses.append(float(value.detach()))
             patches += images.shape[0]
         train_seconds += time.time() - epoch_start
         metrics = score_studies(network, val_studies, recipe)
