@@ -21,7 +21,7 @@ from monai.transforms import Compose
 from .evaluate import score_studies
 from .inference import autocast
 from .recipes import Recipe
-from .transforms import IMAGE, LABEL, preprocess, training_augmentation
+from .transforms import IMAGE, LABEL, lesion_indices, preprocess, training_augmentation
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def fit(
     started = time.time()
     preprocessing = preprocess(recipe, with_label=True, device="cpu")
     patches_per_pass = max(1, recipe.patches_per_study)
-    train_set = CacheDataset(train_items, transform=Compose(preprocessing), progress=False)
+    train_set = CacheDataset(train_items, transform=Compose(preprocessing + lesion_indices()), progress=False)
     patch_set = Dataset(
         [train_set[i] for i in range(len(train_set))] * max(1, recipe.augmentations),
         transform=Compose(training_augmentation(recipe, patches_per_pass)),

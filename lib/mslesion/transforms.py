@@ -14,6 +14,7 @@ from monai.transforms import (
     DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
+    FgBgToIndicesd,
     LoadImaged,
     MapTransform,
     Orientationd,
@@ -129,6 +130,11 @@ def preprocess(recipe: Recipe, with_label: bool = False, device: str | torch.dev
     return chain
 
 
+def lesion_indices() -> list:
+    """Where the lesion and lesion-free voxels are, computed once per cached study, not at every patch draw."""
+    return [FgBgToIndicesd(keys=LABEL)]
+
+
 def training_augmentation(recipe: Recipe, num_samples: int | None = None) -> list:
     """Patch sampling (half on lesions, half off) and the paper's augmentations (elastic, affine, flips)."""
     keys = [IMAGE, LABEL]
@@ -140,7 +146,8 @@ def training_augmentation(recipe: Recipe, num_samples: int | None = None) -> lis
             pos=1,
             neg=1,
             num_samples=num_samples or recipe.patches_per_study,
-            image_key=IMAGE,
+            fg_indices_key=f"{LABEL}_fg_indices",
+            bg_indices_key=f"{LABEL}_bg_indices",
             allow_smaller=True,
         ),
         Rand3DElasticd(

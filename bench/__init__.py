@@ -1,0 +1,1 @@
+"""Benchmarks: figures printed for a machine, never asserted in tests."""

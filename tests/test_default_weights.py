@@ -1,0 +1,45 @@
+"""The shipped default weights find lesions on MS phantoms they never saw; random weights do not."""
+
+import pytest
+import torch
+
+from mslesion import weights
+from mslesion.evaluate import evaluate_on_cohort
+from mslesion.networks import lesion_unet
+from mslesion.phantoms import PhantomOptions, write_cohort
+from mslesion.recipes import FLAIR_LESION
+from mslesion.transforms import IMAGE, LABEL
+
+pytestmark = pytest.mark.slow
+
+# Measured on these two held-out phantoms with the shipped weights (see model/flair_lesion.md for the figures
+# of the pretraining run); random weights score about 0.
+F1_FLOOR = 0.3
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("held_out")
+    write_cohort(folder, cohort="ms", subjects=2, seed=4242, labelled=1.0, options=PhantomOptions(sequences=("FLAIR",)),
+                 first_subject=90)
+    return [{IMAGE: str(p), LABEL: str(folder / "labels" / "final" / p.name)} for p in sorted(folder.glob("*.nii.gz"))]
+
+
+def test_default_weights_have_a_model_card():
+    card = weights.default_weights("flair_lesion").with_suffix(".md")
+    text = card.read_text()
+    assert "NOT for clinical use" in text and "mslesion.pretrain" in text
+
+
+def test_default_weights_find_lesions(held_out):
+    network = lesion_unet(FLAIR_LESION)
+    network.load_state_dict(weights.load_state(weights.default_weights("flair_lesion")))
+    scores = evaluate_on_cohort(network, held_out, FLAIR_LESION, torch.device("cpu"))
+    assert scores["f1"] >= F1_FLOOR, scores
+    assert scores["sensitivity"] >= F1_FLOOR and scores["ppv"] >= F1_FLOOR, scores
+
+
+def test_random_weights_fall_below_the_floor(held_out):
+    torch.manual_seed(0)
+    scores = evaluate_on_cohort(lesion_unet(FLAIR_LESION), held_out, FLAIR_LESION, torch.device("cpu"))
+    assert scores["f1"] < F1_FLOOR, scores
