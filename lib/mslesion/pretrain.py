@@ -102,7 +102,7 @@ def write_model_card(task: str, card: dict, path: Path) -> None:
 
 
 def pretrain(task: str, subjects: int, epochs: int | None, schedule: str, seed: int, out_dir: Path,
-             eval_subjects: int, loss: str) -> dict:
+             eval_subjects: int, loss: str, resume: Path | None = None) -> dict:
     recipe = RECIPES[task]
     recipe = recipe if schedule == "paper" else for_cpu(recipe)
     if epochs:
@@ -117,6 +117,8 @@ def pretrain(task: str, subjects: int, epochs: int | None, schedule: str, seed: 
             train_items += items[:-1]
             val_items += items[-1:]
         network = lesion_unet(recipe)
+        if resume:
+            network.load_state_dict(weights.load_state(resume))
         result = fit(recipe, network, train_items, val_items, device, lr=recipe.pretrain_lr, loss=loss,
                      progress=lambda u: print(json.dumps(u["history"][-1]), flush=True), seed=seed)
         network.load_state_dict(result.state)
@@ -146,6 +148,7 @@ def pretrain(task: str, subjects: int, epochs: int | None, schedule: str, seed: 
         "machine": machine(),
         "generated": time.strftime("%Y-%m-%d"),
         "seed": seed,
+        "resumed_from": str(resume) if resume else None,
     }
     (out_dir / f"{task}.json").write_text(json.dumps(card, indent=1) + "\n")
     write_model_card(task, card, out_dir / f"{task}.md")
@@ -162,10 +165,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loss", choices=["ce", "dice_ce"], default="dice_ce")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=weights.REPO_MODEL_DIR)
+    parser.add_argument("--resume", type=Path, default=None, help="continue from these weights (a longer schedule)")
     args = parser.parse_args(argv)
     np.set_printoptions(precision=3)
     card = pretrain(args.task, args.subjects, args.epochs, args.schedule, args.seed, args.out, args.eval_subjects,
-                    args.loss)
+                    args.loss, args.resume)
     print(json.dumps({k: card[k] for k in ("task", "best_epoch", "validation", "evaluation_ms_phantoms", "seconds")},
                      indent=1))
 

@@ -1,0 +1,35 @@
+"""Public constants and options of the phantom generator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SEQUENCES: tuple[str, ...] = ("FLAIR", "T1w", "T2w", "ce-gadolinium_T1w")
+COHORTS: tuple[str, ...] = ("ms", "glioma", "leukoencephalopathy", "small_vessel", "glioma_change", "metastasis")
+#: Suffixes whose images carry a label (FLAIR: 1 lesion / 2 new lesion; ce-T1w: 1 enhancing lesion).
+LABELLED_SEQUENCES: tuple[str, ...] = ("FLAIR", "ce-gadolinium_T1w")
+
+
+@dataclass(frozen=True)
+class PhantomOptions:
+    """How the synthetic studies are acquired; the anatomy and lesions do not depend on these."""
+
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # output voxel size (mm) before slice thickening
+    slice_thickness: float | None = None  # e.g. 3.0 -> thick axial slices (through-plane averaged)
+    orientation: str = "RAS"  # axis codes of the written arrays, e.g. "LPS", "PSR"
+    sequences: tuple[str, ...] = SEQUENCES
+
+    def __post_init__(self) -> None:
+        """Reject options that would silently produce something else than asked."""
+        unknown = [s for s in self.sequences if s not in SEQUENCES]
+        if unknown or not self.sequences:
+            raise ValueError(f"sequences must be a non-empty subset of {SEQUENCES}, got {self.sequences}")
+        if len(self.spacing) != 3 or min(self.spacing) <= 0:
+            raise ValueError(f"spacing must be three positive sizes in mm, got {self.spacing}")
+        if self.slice_thickness is not None and self.slice_thickness <= 0:
+            raise ValueError(f"slice_thickness must be positive, got {self.slice_thickness}")
+        codes = self.orientation.upper()
+        pairs = ("LR", "AP", "SI")
+        used = sorted(i for c in codes for i, p in enumerate(pairs) if c in p)
+        if len(codes) != 3 or used != [0, 1, 2]:
+            raise ValueError(f"orientation must be three axis codes like 'RAS' or 'LPS', got {self.orientation!r}")
