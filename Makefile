@@ -14,7 +14,7 @@ venv:
 	@bash scripts/bootstrap.sh
 
 $(DEMO)/.complete: | venv
-	$(PY) -m mslesion.phantoms --out $(DEMO) --truth demo/ground_truth --cohort ms --subjects 6 --sessions 2 \
+	PYTHONPATH=lib $(PY) -m mslesion.phantoms --out $(DEMO) --truth demo/ground_truth --cohort ms --subjects 6 --sessions 2 \
 		--labelled 0.34 --seed 2026
 	touch $@
 
