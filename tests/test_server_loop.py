@@ -3,8 +3,6 @@ info -> next sample -> infer -> save label -> train -> published weights change 
 
 from __future__ import annotations
 
-import json
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -80,4 +78,3 @@ def test_uncertainty_strategy_returns_an_unlabelled_flair(client):
     assert sample["id"].endswith("_FLAIR") and sample["id"] != "sub-01_ses-01_FLAIR"
     info = requests.get(f"{client.get_server_url()}/datastore/image/info", params={"image": sample["id"]}).json()
     assert info["flair_lesion_uncertainty"]["score"] == pytest.approx(sample["score"])
-    json.dumps(sample)

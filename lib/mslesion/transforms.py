@@ -42,8 +42,7 @@ def head_foreground(image: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarr
     maximum. Block means silence the background noise (Rician, never zero) that would defeat a voxel test."""
     data = torch.as_tensor(image[0] if image.ndim == 4 else image, dtype=torch.float32)
     blocks = torch.nn.functional.avg_pool3d(data[None, None], 4, ceil_mode=True)[0, 0]
-    blocks_mask = blocks > 0.1 * torch.quantile(blocks.reshape(-1), 0.99)
-    mask = blocks_mask
+    mask = blocks > 0.1 * torch.quantile(blocks.reshape(-1), 0.99)
     for axis, size in enumerate(data.shape):
         mask = mask.repeat_interleave(4, dim=axis).narrow(axis, 0, size)
     mask = mask.to(data.device)
