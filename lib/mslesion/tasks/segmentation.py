@@ -6,6 +6,7 @@ InferTask and TrainTask they all use.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -102,15 +103,30 @@ class RestoreGeometryd(MapTransform):
         return d
 
 
+_RESULTS_DIR: str | None = None
+
+
+def results_dir() -> str:
+    """A directory private to this server process for answered labels.
+
+    The REST layer deletes the answered file after sending it, and MONAILabelClient saves the answer under the
+    file's *base name* in its own temp dir (/tmp by default): with the server's file directly in /tmp, a client
+    on the same machine could write its copy to the very path the server was about to delete.
+    """
+    global _RESULTS_DIR
+    if _RESULTS_DIR is None or not os.path.isdir(_RESULTS_DIR):
+        _RESULTS_DIR = tempfile.mkdtemp(prefix="msapp-results-")
+    return _RESULTS_DIR
+
+
 def write_label(label: np.ndarray, affine: np.ndarray, compresslevel: int = 1) -> str:
     """uint8 NIfTI in a temp file; a low gzip level because writing, not size, dominated the probe's latency."""
     image = nib.Nifti1Image(np.ascontiguousarray(label, dtype=np.uint8), affine)
     image.header.set_qform(affine, code=1)
     image.header.set_sform(affine, code=1)
-    fd, path = tempfile.mkstemp(suffix=".nii.gz", prefix="msapp-label-")
-    os.close(fd)
-    nib.openers.Opener.default_compresslevel = compresslevel
-    nib.save(image, path)
+    fd, path = tempfile.mkstemp(suffix=".nii.gz", prefix="label-", dir=results_dir())
+    with os.fdopen(fd, "wb") as out:
+        out.write(gzip.compress(image.to_bytes(), compresslevel=compresslevel))
     return path
 
 
