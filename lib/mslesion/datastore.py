@@ -214,6 +214,25 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def _tmp_prefix(dest: str) -> str:
+    """Temp names carry the writer's pid: start-up clean-up removes only those of processes that are gone (the
+    training subprocess opens the same datastore while the server may be saving)."""
+    return f".{os.path.basename(dest)}.{os.getpid()}."
+
+
+def _writer_alive(name: str) -> bool:
+    match = re.search(r"\.(\d+)\.[^.]*" + re.escape(TMP_SUFFIX) + "$", name)
+    if not match:
+        return False
+    try:
+        os.kill(int(match[1]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
 def atomic_copy(src: str, dest: str, compress: bool = False) -> None:
     """Copy ``src`` to ``dest`` so that ``dest`` is always either its old content or all of the new one.
 
@@ -221,7 +240,7 @@ def atomic_copy(src: str, dest: str, compress: bool = False) -> None:
     in ``.msapp-tmp``, which matches no datastore extension, so a leftover is never taken for an image or label.
     """
     folder = os.path.dirname(dest) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(dest)}.", suffix=TMP_SUFFIX)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_tmp_prefix(dest), suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as out, open(src, "rb") as source:
             if compress:
@@ -241,7 +260,7 @@ def atomic_copy(src: str, dest: str, compress: bool = False) -> None:
 
 def atomic_write_text(dest: str, text: str) -> None:
     folder = os.path.dirname(dest) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(dest)}.", suffix=TMP_SUFFIX)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_tmp_prefix(dest), suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "w") as out:
             out.write(text)
@@ -260,7 +279,7 @@ def remove_stale_temp_files(root: str) -> list[str]:
     removed = []
     for folder, _, files in os.walk(root):
         for name in files:
-            if name.startswith(".") and name.endswith(TMP_SUFFIX):
+            if name.startswith(".") and name.endswith(TMP_SUFFIX) and not _writer_alive(name):
                 path = os.path.join(folder, name)
                 try:
                     os.unlink(path)

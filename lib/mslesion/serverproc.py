@@ -45,7 +45,8 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
             try:
-                if requests.get(f"{self.url}/info/", timeout=2).ok:
+                # 401 is an answer too: a server with auth enabled refuses anonymous requests
+                if requests.get(f"{self.url}/info/", timeout=2).status_code in (200, 401):
                     return
             except requests.RequestException:
                 pass
@@ -68,6 +69,12 @@ class ServerProcess:
                 return answer.json()
             time.sleep(2)
         raise TimeoutError(f"training did not finish in {timeout} s")
+
+    def kill(self) -> None:
+        """kill -9 the server and everything it started (a training subprocess), as a power cut would."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, 9)
+            self.process.wait(timeout=20)
 
     def stop(self) -> None:
         if self.process.poll() is not None:

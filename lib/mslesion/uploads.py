@@ -91,7 +91,7 @@ def check_session_id(session_id: str) -> str:
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d{1,2})?)$")
 _LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
-FLAG_KEYS = ("force_baseline", "include_all_lesions", "skip_writer")
+FLAG_KEYS = ("force_baseline", "include_all_lesions", "skip_writer", "save_label")
 RESERVED_INFER_KEYS = ("image", "model", "label", "session", "sequences", "file", "result_extension", "result_dtype")
 
 
@@ -137,6 +137,12 @@ def check_infer_params(params: dict, defaults: dict) -> None:
     for key in FLAG_KEYS:
         if key in params:
             check_value(key, params[key], False, "params")
+    if "label_tag" in params:
+        from .datastore import check_tag
+
+        check_tag(params["label_tag"])
+    if "timeout" in params:
+        check_value("timeout", params["timeout"], 1.0, "params")
     if "baseline" in params and params["baseline"] is not None:
         from .datastore import check_id
 
