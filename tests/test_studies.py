@@ -45,3 +45,39 @@ def test_errors_name_the_problem_and_the_fix():
     with pytest.raises(StudyError) as unnamed:
         resolve_sequences(store, "scan", "flair_lesion", "FLAIR")
     assert "sub-<subject>_ses-<session>_FLAIR.nii.gz" in unnamed.value.message
+
+
+def test_baseline_is_the_previous_session_of_the_same_subject():
+    from mslesion.studies import resolve_baseline
+
+    store = Store(["sub-01_ses-1_FLAIR", "sub-01_ses-2_FLAIR", "sub-01_ses-10_FLAIR", "sub-01_ses-3_T1w",
+                   "sub-02_ses-5_FLAIR"])
+    # numeric session order: ses-10 follows ses-2, not ses-1
+    assert resolve_baseline(store, "sub-01_ses-10_FLAIR", "new_lesion") == "/data/sub-01_ses-2_FLAIR.nii.gz"
+    assert resolve_baseline(store, "sub-01_ses-2_FLAIR", "new_lesion") == "/data/sub-01_ses-1_FLAIR.nii.gz"
+    explicit = resolve_baseline(store, "sub-01_ses-10_FLAIR", "new_lesion", baseline_id="sub-01_ses-1_FLAIR")
+    assert explicit == "/data/sub-01_ses-1_FLAIR.nii.gz"
+
+
+def test_baseline_errors_name_the_problem_and_the_fix():
+    from mslesion.studies import resolve_baseline
+
+    store = Store(["sub-01_ses-01_FLAIR", "sub-01_ses-02_FLAIR", "sub-01_ses-01_T1w", "sub-02_ses-01_FLAIR"])
+    with pytest.raises(StudyError) as first_visit:
+        resolve_baseline(store, "sub-01_ses-01_FLAIR", "new_lesion")
+    assert first_visit.value.status == 422 and "no FLAIR from a session before ses-01" in first_visit.value.message
+    assert '"baseline"' in first_visit.value.message
+    with pytest.raises(StudyError) as other_subject:
+        resolve_baseline(store, "sub-01_ses-02_FLAIR", "new_lesion", baseline_id="sub-02_ses-01_FLAIR")
+    assert other_subject.value.status == 422 and "force_baseline" in other_subject.value.message
+    forced = resolve_baseline(store, "sub-01_ses-02_FLAIR", "new_lesion", baseline_id="sub-02_ses-01_FLAIR", force=True)
+    assert forced == "/data/sub-02_ses-01_FLAIR.nii.gz"
+    with pytest.raises(StudyError) as unknown:
+        resolve_baseline(store, "sub-01_ses-02_FLAIR", "new_lesion", baseline_id="sub-01_ses-00_FLAIR")
+    assert unknown.value.status == 404
+    with pytest.raises(StudyError) as wrong_sequence:
+        resolve_baseline(store, "sub-01_ses-02_FLAIR", "new_lesion", baseline_id="sub-01_ses-01_T1w")
+    assert wrong_sequence.value.status == 422 and "not a FLAIR" in wrong_sequence.value.message
+    with pytest.raises(StudyError) as itself:
+        resolve_baseline(store, "sub-01_ses-02_FLAIR", "new_lesion", baseline_id="sub-01_ses-02_FLAIR")
+    assert itself.value.status == 422

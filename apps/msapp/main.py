@@ -13,11 +13,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPAT
 
 from monailabel.config import settings  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+from monailabel.utils.others.generic import strtobool  # noqa: E402
 
 from mslesion import __version__, api  # noqa: E402
 from mslesion.datastore import ValidatingDatastore  # noqa: E402
 from mslesion.strategies import FirstStrategy, FlipUncertaintyScoring, RandomStrategy, UncertaintyStrategy  # noqa: E402
-from mslesion.studies import StudyError, resolve_sequences  # noqa: E402
+from mslesion.studies import BASELINE, StudyError, resolve_baseline, resolve_sequences  # noqa: E402
 from mslesion.tasks import TASKS  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,10 @@ class MSApp(MONAILabelApp):
         )
 
     def init_infers(self):
-        return {name: config.infer() for name, config in self.configs.items()}
+        infers = {name: config.infer() for name, config in self.configs.items()}
+        if "new_lesion" in infers:  # include_all_lesions marks flair_lesion's other lesions beside the new ones
+            infers["new_lesion"].all_lesions = infers.get("flair_lesion")
+        return infers
 
     def init_trainers(self):
         return {name: config.trainer() for name, config in self.configs.items()}
@@ -84,7 +88,14 @@ class MSApp(MONAILabelApp):
     def check_model(self, model: str):
         if model not in self._infers:
             raise StudyError(404, f"There is no model '{model}'; available: {', '.join(self._infers)}.")
-        return self.configs[model]
+        config = self.configs[model]
+        if not any(os.path.exists(path) for path in config.path):  # never answer from random weights
+            raise StudyError(
+                503,
+                f"{model} has no weights: neither {config.path[0]} nor a fine-tuned {config.path[-1]} exists. "
+                f"Create the defaults with `python -m mslesion.pretrain {model}` or train it (POST /train/{model}).",
+            )
+        return config
 
     def check_trainable(self, model: str):
         if model not in self._trainers:
@@ -97,9 +108,12 @@ class MSApp(MONAILabelApp):
         if isinstance(image, str) and not os.path.exists(image):
             recipe = config.recipe
             request = dict(request)
-            request["sequences"] = resolve_sequences(
-                datastore or self.datastore(), image, config.name, recipe.inputs[0], recipe.inputs[1:]
-            )
+            store = datastore or self.datastore()
+            request["sequences"] = resolve_sequences(store, image, config.name, recipe.inputs[0], recipe.inputs[1:])
+            if recipe.longitudinal:
+                request["sequences"][BASELINE] = resolve_baseline(
+                    store, image, config.name, request.get("baseline"), force=strtobool(request.get("force_baseline"))
+                )
         return super().infer(request, datastore)
 
     def next_sample(self, request):

@@ -1,11 +1,13 @@
 """Produces the default weights in model/ from the project's own phantom cohorts (nothing is downloaded).
 
-    python -m mslesion.pretrain flair_lesion [--subjects 4] [--epochs 12] [--schedule cpu|paper]
+    python -m mslesion.pretrain flair_lesion|new_lesion|enhancement [--subjects 4] [--epochs 12] [--schedule cpu|paper]
 
-flair_lesion's default is "disease-invariant": trained on non-MS FLAIR hyperintensities (glioma-like
-infiltration, confluent leukoencephalopathy, punctate small-vessel lesions), with the best epoch picked on
-held-out studies of those same cohorts, then evaluated on MS phantoms it never saw. The weights are stored
-in fp16 next to a model card that records how they were made and what they score.
+Each default is trained on non-MS pathology, as the transfer-learning method prescribes, with the best epoch
+picked on held-out studies of those same cohorts, then evaluated on MS phantoms it never saw:
+flair_lesion on FLAIR hyperintensities (glioma-like infiltration, confluent leukoencephalopathy, punctate
+small-vessel lesions), new_lesion on longitudinal glioma change (growth and new satellites between two visits),
+enhancement on enhancing metastases with oedema. The weights are stored in fp16 next to a model card that
+records how they were made and what they score.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -27,10 +30,15 @@ from .evaluate import evaluate_on_cohort
 from .networks import lesion_unet
 from .phantoms import PhantomOptions, write_cohort
 from .recipes import RECIPES, Recipe, for_cpu
+from .studies import BASELINE, earlier_session, parse_image_id
 from .training import fit
 from .transforms import IMAGE, LABEL
 
-PRETRAINING_COHORTS = {"flair_lesion": ("glioma", "leukoencephalopathy", "small_vessel")}
+PRETRAINING_COHORTS = {
+    "flair_lesion": ("glioma", "leukoencephalopathy", "small_vessel"),
+    "new_lesion": ("glioma_change",),
+    "enhancement": ("metastasis",),
+}
 
 
 def machine() -> str:
@@ -47,18 +55,33 @@ def machine() -> str:
 
 
 def cohort_items(root: Path, cohort: str, subjects: int, seed: int, first_subject: int, recipe: Recipe) -> list[dict]:
-    """Writes a phantom cohort (primary sequence only) and returns its training items."""
+    """Writes a phantom cohort (only the sequences the recipe reads) and returns its training items.
+
+    A longitudinal recipe gets two sessions per subject and one item per follow-up, with its baseline.
+    """
     folder = root / cohort
     options = PhantomOptions(sequences=recipe.inputs)
     paths = write_cohort(
-        folder, cohort=cohort, subjects=subjects, sessions=1, seed=seed, labelled=1.0, options=options,
-        first_subject=first_subject,
+        folder, cohort=cohort, subjects=subjects, sessions=2 if recipe.longitudinal else 1, seed=seed, labelled=1.0,
+        options=options, first_subject=first_subject,
     )
+    store = SimpleNamespace(list_images=lambda: [Path(p).name.split(".nii")[0] for p in paths],
+                            get_image_uri=lambda image_id: str(folder / f"{image_id}.nii.gz"))
     items = []
     for path in sorted(paths):
         name = Path(path).name
-        if name.endswith(f"_{recipe.inputs[0]}.nii.gz"):
-            items.append({IMAGE: str(path), LABEL: str(folder / "labels" / "final" / name), "id": f"{cohort}/{name}"})
+        ref = parse_image_id(name)
+        if ref is None or ref.suffix != recipe.inputs[0]:
+            continue
+        item = {IMAGE: str(path), LABEL: str(folder / "labels" / "final" / name), "id": f"{cohort}/{name}"}
+        for companion in recipe.inputs[1:]:
+            item[companion] = store.get_image_uri(ref.companion(companion).image_id)
+        if recipe.longitudinal:
+            previous = earlier_session(store, ref)
+            if previous is None:
+                continue
+            item[BASELINE] = store.get_image_uri(previous.image_id)
+        items.append(item)
     return items
 
 
@@ -112,10 +135,12 @@ def pretrain(task: str, subjects: int, epochs: int | None, schedule: str, seed: 
     with tempfile.TemporaryDirectory(prefix=f"pretrain-{task}-") as tmp:
         root = Path(tmp)
         train_items, val_items = [], []
-        for i, cohort in enumerate(PRETRAINING_COHORTS[task]):
-            items = cohort_items(root, cohort, subjects + 1, seed + 100 * i, 1, recipe)
-            train_items += items[:-1]
-            val_items += items[-1:]
+        cohorts = PRETRAINING_COHORTS[task]
+        n_val = max(1, 3 // len(cohorts))  # about three held-out studies to pick the best epoch on
+        for i, cohort in enumerate(cohorts):
+            items = cohort_items(root, cohort, subjects + n_val, seed + 100 * i, 1, recipe)
+            train_items += items[:-n_val]
+            val_items += items[-n_val:]
         network = lesion_unet(recipe)
         if resume:
             network.load_state_dict(weights.load_state(resume))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from .studies import FLAIR
+from .studies import FLAIR, T1, T1_POST
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Recipe:
     min_lesion_voxels: int = 3              # smaller components are neither counted nor reported
     min_labelled_studies: int = 2           # one to train on and one to validate with
     val_fraction: float = 0.2
+    longitudinal: bool = False              # the input is follow-up minus the registered baseline (new_lesion)
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -60,4 +61,11 @@ def for_cpu(recipe: Recipe) -> Recipe:
 
 FLAIR_LESION = Recipe(task="flair_lesion", inputs=(FLAIR,), positive_values=(1, 2), output_value=1)
 
-RECIPES = {r.task: r for r in (FLAIR_LESION,)}
+# Enhancing lesions on T1 post-contrast, with the pre-contrast T1 as a second channel so that T1-bright tissue
+# that is not enhancement (fat, blood products) can be told apart, as the paper's two-channel input does.
+ENHANCEMENT = Recipe(task="enhancement", inputs=(T1_POST, T1), positive_values=(1,), output_value=1)
+
+# New lesions: the follow-up FLAIR minus the baseline FLAIR registered onto it; a saved label's value 2 marks them.
+NEW_LESION = Recipe(task="new_lesion", inputs=(FLAIR,), positive_values=(2,), output_value=2, longitudinal=True)
+
+RECIPES = {r.task: r for r in (FLAIR_LESION, NEW_LESION, ENHANCEMENT)}

@@ -115,3 +115,70 @@ def resolve_sequences(
             "upload it with PUT /datastore/image?image=<id>.",
         )
     return paths
+
+
+BASELINE = "baseline"
+
+
+def session_order(session: str) -> tuple:
+    """BIDS sessions in visit order: numerically where they are numbers (ses-2 before ses-10), else by name."""
+    return (0, int(session), session) if session.isdigit() else (1, 0, session)
+
+
+def earlier_session(store: ImageStore, ref: SequenceRef) -> SequenceRef | None:
+    """The same sequence at the latest session of the same subject before ``ref``'s, if the datastore has one."""
+    earlier = []
+    for image_id in store.list_images():
+        other = parse_image_id(image_id)
+        if (
+            other is not None
+            and other.subject == ref.subject
+            and other.suffix == ref.suffix
+            and session_order(other.session) < session_order(ref.session)
+        ):
+            earlier.append(other)
+    return max(earlier, key=lambda r: session_order(r.session)) if earlier else None
+
+
+def resolve_baseline(
+    store: ImageStore, image_id: str, task: str, baseline_id: str | None = None, force: bool = False
+) -> str:
+    """Path of the baseline a follow-up is compared with: ``baseline_id`` when the request names one, else the
+    same sequence at the subject's previous session (BIDS ``ses-`` order).
+
+    A baseline of another subject is refused unless ``force``: comparing two people's brains would call every
+    anatomical difference a new lesion.
+    """
+    ref = parse_image_id(image_id)
+    if ref is None:  # resolve_sequences has already refused unnamed images; keep this function safe on its own
+        raise StudyError(422, f"{task} cannot tell the subject and session of '{image_id}': {naming_hint(FLAIR)}.")
+    if baseline_id:
+        if baseline_id not in set(store.list_images()):
+            raise StudyError(
+                404, f"Baseline image '{baseline_id}' is not in the datastore; list them with GET /datastore/."
+            )
+        base = parse_image_id(baseline_id)
+        if base is None or base.suffix != ref.suffix:
+            raise StudyError(
+                422, f"{task} compares {ref.suffix} with {ref.suffix}; baseline '{baseline_id}' is not a {ref.suffix}."
+            )
+        if baseline_id == image_id:
+            raise StudyError(422, f"{task} needs a baseline from an earlier visit, not the follow-up itself.")
+        if base.subject != ref.subject and not force:
+            raise StudyError(
+                422,
+                f"Baseline '{baseline_id}' is of subject {base.subject}, the follow-up '{image_id}' of subject "
+                f"{ref.subject}: new lesions can only be found between visits of the same person. Pass the same "
+                'subject\'s earlier image, or params {"force_baseline": true} if the ids are wrong but the person '
+                "is the same.",
+            )
+        return store.get_image_uri(baseline_id)
+    previous = earlier_session(store, ref)
+    if previous is None:
+        raise StudyError(
+            422,
+            f"{task} needs a baseline: subject {ref.subject} has no {ref.suffix} from a session before "
+            f"ses-{ref.session}. Upload the earlier visit as sub-{ref.subject}_ses-<earlier>_{ref.suffix}.nii.gz, "
+            'or name one with params {"baseline": "<image id>"}.',
+        )
+    return store.get_image_uri(previous.image_id)

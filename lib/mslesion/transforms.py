@@ -27,7 +27,10 @@ from monai.transforms import (
     Spacingd,
 )
 
+from .foreground import head_foreground
+from .longitudinal import SubtractRegisteredBaselined
 from .recipes import Recipe
+from .studies import BASELINE
 
 IMAGE, LABEL = "image", "label"
 
@@ -35,19 +38,6 @@ IMAGE, LABEL = "image", "label"
 def channel_keys(recipe: Recipe) -> list[str]:
     """Data keys of the input channels: ``image`` holds the primary sequence, companions keep their suffix."""
     return [IMAGE, *recipe.inputs[1:]]
-
-
-def head_foreground(image: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    """The head, not the background: blocks of 4x4x4 voxels brighter on average than a tenth of the robust
-    maximum. Block means silence the background noise (Rician, never zero) that would defeat a voxel test."""
-    data = torch.as_tensor(image[0] if image.ndim == 4 else image, dtype=torch.float32)
-    blocks = torch.nn.functional.avg_pool3d(data[None, None], 4, ceil_mode=True)[0, 0]
-    mask = blocks > 0.1 * torch.quantile(blocks.reshape(-1), 0.99)
-    for axis, size in enumerate(data.shape):
-        mask = mask.repeat_interleave(4, dim=axis).narrow(axis, 0, size)
-    mask = mask.to(data.device)
-    mask = mask[None].expand(image.shape) if image.ndim == 4 else mask
-    return mask if isinstance(image, torch.Tensor) else mask.cpu().numpy()
 
 
 class CompanionPathsd(MapTransform):
@@ -105,10 +95,16 @@ class LesionMaskd(MapTransform):
 
 
 def preprocess(recipe: Recipe, with_label: bool = False, device: str | torch.device = "cpu") -> list:
-    """Load, stack channels, move to the device, RAS, 1 mm, crop to the head, z-score (and binarise the label)."""
+    """Load, stack channels, move to the device, RAS, 1 mm, crop to the head, z-score (and binarise the label).
+
+    A longitudinal recipe also loads the baseline the same way and replaces the image by follow-up minus the
+    registered baseline; at inference the registration's report is kept under ``registration``.
+    """
     channels = channel_keys(recipe)
-    keys = channels + ([LABEL] if with_label else [])
-    chain: list = [CompanionPathsd(recipe.inputs[1:])] if len(channels) > 1 else []
+    baseline = [BASELINE] if recipe.longitudinal else []
+    keys = channels + baseline + ([LABEL] if with_label else [])
+    companions = [*recipe.inputs[1:], *baseline]
+    chain: list = [CompanionPathsd(companions)] if companions else []
     chain += [
         LoadImaged(keys=keys, reader="NibabelReader", dtype=np.float32),
         EnsureChannelFirstd(keys=keys),
@@ -118,12 +114,18 @@ def preprocess(recipe: Recipe, with_label: bool = False, device: str | torch.dev
     spatial = [IMAGE] + ([LABEL] if with_label else [])
     modes = ["bilinear"] + (["nearest"] if with_label else [])
     chain += [
-        EnsureTyped(keys=spatial, device=device, track_meta=True),
-        Orientationd(keys=spatial, axcodes="RAS"),
-        Spacingd(keys=spatial, pixdim=recipe.spacing, mode=modes),
+        EnsureTyped(keys=spatial + baseline, device=device, track_meta=True),
+        Orientationd(keys=spatial + baseline, axcodes="RAS"),
+        Spacingd(keys=spatial + baseline, pixdim=recipe.spacing, mode=modes + ["bilinear"] * len(baseline)),
         CropForegroundd(keys=spatial, source_key=IMAGE, select_fn=head_foreground, margin=4, allow_smaller=True),
-        ForegroundZScored(keys=IMAGE),
     ]
+    if baseline:
+        chain.append(
+            CropForegroundd(keys=BASELINE, source_key=BASELINE, select_fn=head_foreground, margin=8, allow_smaller=True)
+        )
+    chain.append(ForegroundZScored(keys=[IMAGE, *baseline]))
+    if baseline:
+        chain.append(SubtractRegisteredBaselined(IMAGE, BASELINE, report_key=None if with_label else "registration"))
     if with_label:
         chain.append(LesionMaskd(keys=LABEL, values=recipe.positive_values))
     return chain

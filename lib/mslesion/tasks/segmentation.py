@@ -33,7 +33,7 @@ from ..inference import amp_sliding_window, argmax_label
 from ..networks import lesion_unet
 from ..recipes import Recipe, for_cpu
 from ..report import lesion_report
-from ..studies import StudyError, parse_image_id
+from ..studies import BASELINE, StudyError, earlier_session, parse_image_id
 from ..training import fit
 from ..transforms import IMAGE, preprocess
 
@@ -164,8 +164,16 @@ class LesionSegmentationInfer(BasicInferTask):
     def post_transforms(self, data=None):
         return [LesionLabeld(keys="pred", value=self.recipe.output_value), RestoreGeometryd(keys="pred")]
 
+    def answered_label(self, data: dict) -> np.ndarray:
+        """The label to answer, on the opened image's grid (a subclass may merge in more)."""
+        return data["pred"][0].cpu().numpy().astype(np.uint8)
+
+    def extra_results(self, data: dict) -> dict:
+        """Task-specific entries of the response params."""
+        return {}
+
     def writer(self, data: dict, extension=None, dtype=None):
-        label = data["pred"][0].cpu().numpy().astype(np.uint8)
+        label = self.answered_label(data)
         affine = np.asarray(data[IMAGE].meta["original_affine"], dtype=np.float64)
         path = write_label(label, affine)
         min_voxels = int(data.get("min_lesion_voxels", self.recipe.min_lesion_voxels))
@@ -178,8 +186,12 @@ class LesionSegmentationInfer(BasicInferTask):
             if weights_path
             else None,
             "device": str(data.get("device")),
+            **self.extra_results(data),
         }
         return path, result
+
+
+FOLLOW_UP_NOTE = "of follow-up visits (with an earlier visit of the same subject in the datastore) "
 
 
 class LesionSegmentationTrain(TrainTask):
@@ -228,6 +240,11 @@ class LesionSegmentationTrain(TrainTask):
                     break
                 item[companion] = path
             else:
+                if self.recipe.longitudinal:
+                    previous = earlier_session(datastore, ref)
+                    if previous is None:  # a first visit has no new lesions to learn from
+                        continue
+                    item[BASELINE] = datastore.get_image_uri(previous.image_id)
                 items.append(item)
         return sorted(items, key=lambda i: i["id"])
 
@@ -238,6 +255,7 @@ class LesionSegmentationTrain(TrainTask):
             raise StudyError(
                 422,
                 f"{self.recipe.task} training needs at least {needed} labelled {self.recipe.inputs[0]} images "
+                f"{FOLLOW_UP_NOTE if self.recipe.longitudinal else ''}"
                 f"(one to train on, one to validate with); the datastore has {len(items)}. "
                 "Save corrected labels with PUT /datastore/label (Slicer: Submit Label) and try again.",
             )
