@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, UploadFile
 from fastapi.responses import FileResponse
+from fastapi.security import OAuth2PasswordRequestForm
 from monailabel.config import settings
 from monailabel.endpoints import datastore as stock_datastore
 from monailabel.endpoints import infer as stock_infer
@@ -34,7 +35,7 @@ from monailabel.utils.async_tasks.task import AsyncTask
 from monailabel.utils.async_tasks.utils import tasks
 from monailabel.utils.others.generic import get_mime_type
 
-from . import weights
+from . import security, weights
 from .datastore import check_id, check_tag, read_volume
 from .studies import StudyError, parse_image_id, resolve_sequences
 from .uploads import (
@@ -509,6 +510,10 @@ def build_router(msapp) -> APIRouter:  # noqa: C901 - one closure per route, kep
         os.replace(target, aside)
         return {"model": model, "moved_to": aside.name}
 
+    @router.post("/auth/token", summary="Log in: a token from the identity provider (msapp: 401 on a wrong password)")
+    def api_access_token(form: OAuth2PasswordRequestForm = Depends()):
+        return security.login(form.username, form.password)
+
     @router.post("/reload", include_in_schema=False)
     def api_reload(user: User = Depends(RBAC(ADMIN))):
         raise StudyError(405, "Reloading the app in place is disabled; restart the server instead.")
@@ -518,6 +523,7 @@ def build_router(msapp) -> APIRouter:  # noqa: C901 - one closure per route, kep
 
 def install(fastapi_app, msapp) -> None:
     """Put msapp's routes in front of the stock ones with the same paths."""
+    security.install()
     routes = build_router(msapp).routes
     # /reload is registered on the app itself, without the API prefix
     fastapi_app.router.routes[0:0] = routes
