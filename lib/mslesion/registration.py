@@ -65,8 +65,8 @@ class RegistrationResult:
 
 def ncc(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, mask=None) -> float:
     """Global normalised cross-correlation of two same-shaped arrays, within ``mask`` when given (0 if flat)."""
-    a = torch.as_tensor(np.asarray(a) if isinstance(a, np.ndarray) else a).double()
-    b = torch.as_tensor(np.asarray(b) if isinstance(b, np.ndarray) else b, device=a.device).double()
+    a = torch.as_tensor(a).double()
+    b = torch.as_tensor(b, device=a.device).double()
     if mask is not None:
         mask = torch.as_tensor(mask, device=a.device).bool()
         a, b = a[mask], b[mask]
@@ -168,8 +168,10 @@ class _Level:
         values = fixed_l[tuple(index.T)]
         self.values = (values - values.mean()) / values.std().clamp_min(1e-6)
         self.points = _world(index, fixed_affine_l)
-        to_normalised = torch.as_tensor(_normaliser(fixed_l.shape), dtype=torch.float32, device=index.device)
-        self.fixed_coords = _apply(to_normalised, index.T.float())  # where the points sit in the fixed grid
+        # where the points sit in the full-resolution fixed grid, which the displacement lattice spans
+        to_fixed_grid = _normaliser(fixed.shape) @ np.linalg.inv(fixed_affine) @ fixed_affine_l
+        self.fixed_coords = _apply(torch.as_tensor(to_fixed_grid, dtype=torch.float32, device=index.device),
+                                   index.T.float())
         pull = torch.as_tensor(_to_pull(np.eye(4), moving_affine_l, moving_l.shape), dtype=torch.float32)
         self.pull = pull.to(index.device)
 
@@ -256,7 +258,7 @@ class _Displacement(torch.nn.Module):
 
     def __init__(self, fixed_shape, fixed_affine: np.ndarray, control_mm: float, device):
         super().__init__()
-        extent = np.asarray(fixed_shape) * np.linalg.norm(fixed_affine[:3, :3], axis=0)
+        extent = (np.asarray(fixed_shape) - 1) * np.linalg.norm(fixed_affine[:3, :3], axis=0)
         lattice = [max(2, math.ceil(e / control_mm) + 1) for e in extent]
         self.field = torch.nn.Parameter(torch.zeros(3, *lattice, device=device))
 
@@ -269,6 +271,7 @@ class _Displacement(torch.nn.Module):
         return sum((self.field.diff(dim=d) ** 2).mean() for d in (1, 2, 3))
 
     def dense(self, shape) -> torch.Tensor:
+        """The field on the full fixed grid (3, X, Y, Z)."""
         return F.interpolate(self.field[None], size=tuple(shape), mode="trilinear", align_corners=True)[0].detach()
 
 
@@ -316,6 +319,9 @@ def register(fixed: MetaTensor, moving: MetaTensor, *, affine: bool = True, defo
     (``deformable=True``), each from the coarsest to the finest of ``levels_mm``, ``iterations`` Adam steps per
     level. The deformable stage runs on the finest level only, on a ``control_mm`` lattice, penalised by
     ``smoothness`` times its membrane energy. Similarities are measured on the finest level's grid.
+
+    On a CPU shared with other busy processes, torch's default of one thread per core made the loop about 3x
+    slower than ``torch.set_num_threads(1)`` (small ops, threads waiting on each other); see bench/registration.py.
     """
     if len(iterations) != len(levels_mm):
         raise ValueError("give one iteration count per level")
@@ -386,7 +392,8 @@ def _to_sitk(image: MetaTensor):
 def sitk_register(fixed: MetaTensor, moving: MetaTensor, *, affine: bool = True, levels_mm=(4.0, 2.0),
                   sampling: float = 0.1, seed: int = 0) -> RegistrationResult:
     """Reference on the CPU with SimpleITK: Euler3D, then Affine, correlation metric in the fixed foreground,
-    multi-resolution over ``levels_mm``, a random ``sampling`` fraction of the foreground voxels per level.
+    multi-resolution over ``levels_mm``; the metric draws a random ``sampling`` fraction of each level's voxels
+    and keeps those in the foreground.
 
     Both images are first block-averaged to the finest level: ITK's v4 registration smooths but never shrinks
     the moving image, so at 1 mm every level would pay for the gradient of a full-resolution volume.
