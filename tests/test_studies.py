@@ -81,3 +81,4 @@ def test_baseline_errors_name_the_problem_and_the_fix():
     with pytest.raises(StudyError) as itself:
         resolve_baseline(store, "sub-01_ses-02_FLAIR", "new_lesion", baseline_id="sub-01_ses-02_FLAIR")
     assert itself.value.status == 422
+

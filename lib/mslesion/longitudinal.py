@@ -17,10 +17,16 @@ from monai.transforms import MapTransform
 from .registration import register, warp
 
 UNCONVERGED = (
-    "registration made the two visits less similar than before (similarity {before:.3f} -> {after:.3f}); "
+    "registration did not align the two visits (similarity {before:.3f} -> {after:.3f}); "
     "the subtraction, and so the new lesions, are unreliable. Check that both images are FLAIRs of the same "
     "person, or pass another baseline."
 )
+
+
+def unreliable(before: float, after: float) -> bool:
+    """A registration to distrust: it lowered the similarity (beyond the jitter of an already aligned pair, whose
+    NCC can slip from 1.0000 to 0.9999), or it ended far from the ~0.99 of two visits of one head."""
+    return after < before - 0.01 or after < 0.5
 
 
 class SubtractRegisteredBaselined(MapTransform):
@@ -45,7 +51,7 @@ class SubtractRegisteredBaselined(MapTransform):
         d[self.image_key] = MetaTensor(subtraction, affine=followup.affine, meta=dict(followup.meta))
         if self.report_key:
             report = result.as_report()
-            if not result.improved:
+            if unreliable(result.similarity_before, result.similarity_after):
                 report["warning"] = UNCONVERGED.format(before=result.similarity_before, after=result.similarity_after)
             d[self.report_key] = report
         return d
