@@ -1,0 +1,99 @@
+"""Labelled studies for training and evaluation: phantom cohorts on disk, and their slice stacks cached as .npz.
+
+A study needs FLAIR, T1w, T2w, a lesion mask (the FLAIR label) and the post-contrast T1 label (the truth).
+Stacks are small (a few hundred kB compressed), so extraction, which dominates the cost of a study, runs once
+per study and recipe geometry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..phantoms import PhantomOptions, write_cohort
+from ..studies import FLAIR, T1, T1_POST, T2
+from ..transforms import IMAGE
+from .recipe import PredictionRecipe
+from .slices import ENHANCING, LESION, extract_study
+
+logger = logging.getLogger(__name__)
+
+PHANTOM_SEQUENCES = (FLAIR, T1, T2, T1_POST)
+GEOMETRY_FIELDS = ("lesion_values", "spacing", "dilation", "slab_slices", "n_slices", "fov_mm", "slice_size",
+                   "min_enhancing_voxels")
+
+
+@dataclass(frozen=True)
+class LabelledStudy:
+    """One session: its id (``sub-S_ses-T``), its subject (folds keep a subject's visits together), its files."""
+
+    study_id: str
+    subject: str
+    paths: dict
+
+    @classmethod
+    def from_folder(cls, study_id: str, images: Path, labels: Path) -> LabelledStudy:
+        subject = study_id.split("_")[0].removeprefix("sub-")
+        paths = {
+            IMAGE: str(images / f"{study_id}_{FLAIR}.nii.gz"),
+            T1: str(images / f"{study_id}_{T1}.nii.gz"),
+            T2: str(images / f"{study_id}_{T2}.nii.gz"),
+            LESION: str(labels / f"{study_id}_{FLAIR}.nii.gz"),
+            ENHANCING: str(labels / f"{study_id}_{T1_POST}.nii.gz"),
+        }
+        return cls(study_id, subject, paths)
+
+
+def phantom_cohort(root: str | Path, subjects: int, seed: int, first_subject: int = 1) -> list[LabelledStudy]:
+    """An MS phantom cohort (2 sessions per subject, 4 sequences) under ``root``, writing the subjects it lacks.
+
+    Subjects are independent of the cohort size, so a larger cohort reuses a smaller one's files.
+    """
+    root = Path(root)
+    images, truth = root / "studies", root / "truth"
+    options = PhantomOptions(sequences=PHANTOM_SEQUENCES)
+    studies = []
+    for number in range(first_subject, first_subject + subjects):
+        ids = [f"sub-{number:02d}_ses-{session:02d}" for session in (1, 2)]
+        if not all((truth / f"{i}_{T1_POST}.nii.gz").exists() for i in ids):
+            started = time.time()
+            write_cohort(images, cohort="ms", subjects=1, sessions=2, seed=seed, labelled=1.0, truth_dir=truth,
+                         options=options, first_subject=number)
+            logger.info("phantom subject %02d written in %.0f s", number, time.time() - started)
+        studies += [LabelledStudy.from_folder(i, images, truth) for i in ids]
+    return studies
+
+
+def geometry_key(recipe: PredictionRecipe) -> str:
+    """Short hash of the recipe fields that change a slice stack (a cache folder per geometry)."""
+    values = {name: getattr(recipe, name) for name in GEOMETRY_FIELDS}
+    return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def stacks(studies: list[LabelledStudy], recipe: PredictionRecipe, cache_dir: str | Path | None) -> list[dict]:
+    """The slice stack and truth of each study (``id``, ``subject`` added), from the cache when it has them."""
+    folder = Path(cache_dir) / geometry_key(recipe) if cache_dir else None
+    out = []
+    for study in studies:
+        cached = folder / f"{study.study_id}.npz" if folder else None
+        if cached and cached.exists():
+            with np.load(cached) as saved:
+                arrays = {k: saved[k] for k in saved.files}
+        else:
+            started = time.time()
+            arrays = extract_study(study.paths, recipe)
+            logger.info("%s: slices extracted in %.1f s", study.study_id, time.time() - started)
+            if cached:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_name(f".{cached.stem}.tmp.npz")
+                np.savez_compressed(tmp, **arrays)
+                os.replace(tmp, cached)
+        out.append({**arrays, "id": study.study_id, "subject": study.subject})
+    return out
