@@ -42,3 +42,24 @@ def test_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
         pass
     assert weights.load_state(target)["w"][0] == 1
     assert not [p for p in (tmp_path / "t").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_transfer_grows_the_input_layer_and_keeps_the_rest():
+    from dataclasses import replace
+
+    from mslesion.networks import lesion_unet
+    from mslesion.recipes import ENHANCEMENT, FLAIR_LESION
+
+    source = lesion_unet(FLAIR_LESION).state_dict()
+    target = lesion_unet(ENHANCEMENT).state_dict()
+    moved = weights.transfer_state(source, target)
+    grown = [k for k in target if source[k].shape != target[k].shape]
+    assert grown and all(moved[k].shape == target[k].shape for k in target)
+    for name in grown:  # the post-contrast channel reads like the FLAIR did; the new T1w channel starts silent
+        assert torch.equal(moved[name][:, :1], source[name]) and not moved[name][:, 1:].any()
+    kept = [k for k in target if k not in grown and source[k].is_floating_point()]
+    assert all(torch.equal(moved[k], source[k]) for k in kept)
+    # a network with one channel fewer than the source is not silently shrunk: its own values are kept
+    small = lesion_unet(replace(ENHANCEMENT, inputs=ENHANCEMENT.inputs[:1])).state_dict()
+    back = weights.transfer_state(target, small)
+    assert all(back[k].shape == small[k].shape for k in small)

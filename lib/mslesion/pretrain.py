@@ -100,6 +100,9 @@ def write_model_card(task: str, card: dict, path: Path) -> None:
         "",
         f"- Pretraining cohorts (non-MS pathology, phantoms on MNI152 anatomy): {', '.join(card['cohorts'])}, "
         f"{card['train_studies']} training and {card['val_studies']} validation studies.",
+        *([f"- Started from the `{card['initialised_from']}` weights (transfer; `--init-from`), input channels "
+           "the source lacked starting at zero."] if card.get("initialised_from") else []),
+        *([f"- Continued from `{card['resumed_from']}` (`--resume`)."] if card.get("resumed_from") else []),
         f"- Network: MONAI UNet, channels {card['recipe']['channels']}, 4 down / 4 up, "
         f"{card['parameters']:,} parameters, stored in fp16 ({card['file_kb']} kB).",
         f"- Schedule `{card['schedule']}`: {card['recipe']['epochs']} epochs, {card['recipe']['patches_per_study']} "
@@ -125,7 +128,7 @@ def write_model_card(task: str, card: dict, path: Path) -> None:
 
 
 def pretrain(task: str, subjects: int, epochs: int | None, schedule: str, seed: int, out_dir: Path,
-             eval_subjects: int, loss: str, resume: Path | None = None) -> dict:
+             eval_subjects: int, loss: str, resume: Path | None = None, init_from: Path | None = None) -> dict:
     recipe = RECIPES[task]
     recipe = recipe if schedule == "paper" else for_cpu(recipe)
     if epochs:
@@ -144,6 +147,8 @@ def pretrain(task: str, subjects: int, epochs: int | None, schedule: str, seed: 
         network = lesion_unet(recipe)
         if resume:
             network.load_state_dict(weights.load_state(resume))
+        elif init_from:  # transfer from another task's weights (e.g. flair_lesion's for enhancement)
+            network.load_state_dict(weights.transfer_state(weights.load_state(init_from), network.state_dict()))
         result = fit(recipe, network, train_items, val_items, device, lr=recipe.pretrain_lr, loss=loss,
                      progress=lambda u: print(json.dumps(u["history"][-1]), flush=True), seed=seed)
         network.load_state_dict(result.state)
@@ -173,7 +178,8 @@ def pretrain(task: str, subjects: int, epochs: int | None, schedule: str, seed: 
         "machine": machine(),
         "generated": time.strftime("%Y-%m-%d"),
         "seed": seed,
-        "resumed_from": str(resume) if resume else None,
+        "resumed_from": Path(resume).name if resume else None,
+        "initialised_from": Path(init_from).name if init_from else None,
     }
     (out_dir / f"{task}.json").write_text(json.dumps(card, indent=1) + "\n")
     write_model_card(task, card, out_dir / f"{task}.md")
@@ -191,10 +197,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=weights.REPO_MODEL_DIR)
     parser.add_argument("--resume", type=Path, default=None, help="continue from these weights (a longer schedule)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start from another task's weights (transfer; extra input channels start at zero)")
     args = parser.parse_args(argv)
     np.set_printoptions(precision=3)
     card = pretrain(args.task, args.subjects, args.epochs, args.schedule, args.seed, args.out, args.eval_subjects,
-                    args.loss, args.resume)
+                    args.loss, args.resume, args.init_from)
     print(json.dumps({k: card[k] for k in ("task", "best_epoch", "validation", "evaluation_ms_phantoms", "seconds")},
                      indent=1))
 

@@ -81,3 +81,22 @@ def rollback(model_dir: str | Path, task: str) -> Path:
         os.replace(target, keep)
     os.replace(tmp, target)
     return target
+
+
+def transfer_state(source: dict, target: dict) -> dict:
+    """``target`` filled from another task's weights (the transfer step of the paper): tensors of the same shape
+    are copied; an input layer that reads more channels than the source did gets the source's kernels on its
+    first channels and zeros on the new ones, so it starts by seeing only what the source model saw."""
+    out = {}
+    for name, value in target.items():
+        weight = source.get(name)
+        if weight is not None and weight.shape == value.shape:
+            out[name] = weight.clone()
+        elif weight is not None and weight.dim() > 1 and weight.shape[0] == value.shape[0] \
+                and weight.shape[2:] == value.shape[2:] and weight.shape[1] < value.shape[1]:
+            grown = torch.zeros_like(value)
+            grown[:, : weight.shape[1]] = weight
+            out[name] = grown
+        else:
+            out[name] = value
+    return out
