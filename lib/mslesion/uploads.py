@@ -92,7 +92,8 @@ def check_session_id(session_id: str) -> str:
 _DEVICE = re.compile(r"^(cpu|cuda(:\d{1,2})?)$")
 _LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 FLAG_KEYS = ("force_baseline", "include_all_lesions", "skip_writer", "save_label")
-RESERVED_INFER_KEYS = ("image", "model", "label", "session", "sequences", "file", "result_extension", "result_dtype")
+# Slicer sends result_extension/result_dtype with every infer (ignored: answers are uint8 .nii.gz): allowed.
+RESERVED_INFER_KEYS = ("image", "model", "label", "session", "sequences", "file")
 
 
 def check_device(value: Any) -> None:
