@@ -404,6 +404,9 @@ CASES = {
                                        files=lambda s: {"file": ("w.pt", b"x")}),
     "model-delete-defaults": Case("DELETE", "/model/flair_lesion", 404, ("default weights cannot be deleted",)),
     "model-download-unknown": Case("GET", "/model/nope", 404, ("not found",)),
+    "dicomweb-proxy-without-dicomweb": Case("GET", "/proxy/dicom/qido/studies", 404, ("local folder", "dicomweb")),
+    "dicomweb-proxy-post-without-dicomweb": Case("POST", "/proxy/dicom/stow/studies", 404, ("dicomweb",)),
+    "gpu-log-without-gpu-tools": Case("GET", "/logs/gpu", 404, ("nvidia-smi",), needs="no-gpu-tools"),
     "reload-refused": Case("POST", "/reload", 405, ("restart",)),
 }
 
@@ -429,7 +432,9 @@ def test_bad_request(suite, name):
     served = set(requests.get(f"{suite.server.url}/info/", timeout=30).json()["models"])
     if case.needs == "multi" and suite.multi_input is None:
         pytest.skip("no multi-input model is served")
-    if case.needs not in (None, "multi") and case.needs not in served:
+    if case.needs == "no-gpu-tools" and shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi")
+    if case.needs not in (None, "multi", "no-gpu-tools") and case.needs not in served:
         pytest.skip(f"{case.needs} is not served")
     kwargs: dict = {"timeout": 120}
     if case.params:

@@ -21,7 +21,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional
 
-from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, UploadFile
+from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 from fastapi.security import OAuth2PasswordRequestForm
 from monailabel.config import settings
@@ -509,6 +509,37 @@ def build_router(msapp) -> APIRouter:  # noqa: C901 - one closure per route, kep
         aside = target.with_name(f"model.pt.{int(os.path.getmtime(target))}.deleted")
         os.replace(target, aside)
         return {"model": model, "moved_to": aside.name}
+
+    # -- DICOMweb proxy, GPU log -----------------------------------------------------------------------------------
+
+    def dicomweb_configured() -> bool:
+        return settings.MONAI_LABEL_STUDIES.startswith(("http://", "https://"))
+
+    @router.get("/proxy/dicom/{path:path}", include_in_schema=False)
+    @router.post("/proxy/dicom/{path:path}", include_in_schema=False)
+    async def api_proxy_dicom(request: Request, path: str, user: User = Depends(RBAC(USER))):
+        if not dicomweb_configured():
+            raise StudyError(
+                404, "This server's studies are a local folder; there is no DICOMweb server behind /proxy/dicom/."
+            )
+        from monailabel.endpoints import proxy as stock_proxy
+
+        op, _, rest = path.partition("/")
+        if op in ("wado", "qido", "stow"):
+            return await stock_proxy.proxy_dicom(request, op, rest)
+        return await stock_proxy.proxy_dicom(request, "", path)
+
+    @router.get("/logs/gpu", include_in_schema=False)
+    def api_gpu_info(user: User = Depends(RBAC(ADMIN))):
+        import shutil
+        import subprocess
+
+        from fastapi.responses import Response
+
+        if shutil.which("nvidia-smi") is None:
+            raise StudyError(404, "This server has no nvidia-smi (no NVIDIA GPU or driver tools).")
+        done = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30)
+        return Response(content=done.stdout or done.stderr, media_type="text/plain")
 
     @router.post("/auth/token", summary="Log in: a token from the identity provider (msapp: 401 on a wrong password)")
     def api_access_token(form: OAuth2PasswordRequestForm = Depends()):
