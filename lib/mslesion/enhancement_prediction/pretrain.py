@@ -1,6 +1,6 @@
 """Default weights of enhancement_prediction, trained on MS phantoms (nothing is downloaded).
 
-    python -m mslesion.enhancement_prediction.pretrain [--subjects 32] [--held-out 8] [--seed 2020]
+    python -m mslesion.enhancement_prediction.pretrain [--subjects 64] [--held-out 8] [--seed 2020]
            [--cohort DIR] [--out model/] [--imagenet vgg16-397923af.pth --width 1]
 
 Subjects 1..S of the phantom cohort train (a quarter of them validate: epoch choice, Youden thresholds); the next
@@ -164,7 +164,7 @@ def pretrain(subjects: int, held_out: int, seed: int, cohort: Path, out_dir: Pat
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subjects", type=int, default=32, help="phantom subjects to train and validate on")
+    parser.add_argument("--subjects", type=int, default=64, help="phantom subjects to train and validate on")
     parser.add_argument("--held-out", type=int, default=8, help="further subjects for the model card's figures")
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--cohort", type=Path, default=None, help="phantom cohort folder (made if missing)")

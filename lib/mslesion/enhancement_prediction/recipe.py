@@ -19,7 +19,7 @@ class PredictionRecipe:
     slab_slices: int = 3                           # 1 mm slices averaged into one 3 mm axial slice (the paper's)
     n_slices: int = 32                             # 3 mm slices per study, those with most masked voxels
     fov_mm: float = 192.0                          # square in-plane field of view, centred on the head
-    slice_size: int = 96                           # the field of view resized to slice_size^2 (2 mm pixels)
+    slice_size: int = 128                          # the field of view resized to slice_size^2 (1.5 mm pixels)
     min_enhancing_voxels: int = 7                  # an enhancing region in a slice counts from this size
     # slice classifier
     width: float = 0.0625                          # VGG16 channel multiplier; 1 = torchvision's vgg16
@@ -38,7 +38,7 @@ class PredictionRecipe:
     finetune_epochs: int = 10
     finetune_lr: float = 1e-4                      # SGD on the last convolutional block + head
     finetune_momentum: float = 0.9
-    participant_epochs: int = 300
+    participant_epochs: int = 2000
     participant_lr: float = 1e-3                   # Adam
     val_fraction: float = 0.25                     # of the subjects, for epoch choice and the Youden thresholds
     min_labelled_studies: int = 4                  # training from saved labels needs at least this many studies
