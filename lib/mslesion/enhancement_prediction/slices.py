@@ -111,19 +111,25 @@ def crop_square(volume: np.ndarray, centre: tuple[float, float], side: int) -> n
     return out
 
 
-def slice_stack(channels: np.ndarray, region: np.ndarray, indices: np.ndarray, centre: tuple[float, float],
+def slab_means(volume: np.ndarray, chosen: np.ndarray, thickness: int) -> np.ndarray:
+    """(..., k) float32: the chosen slabs of ``slabs(volume, thickness)``, computed for those slabs only."""
+    out = np.zeros((*volume.shape[:-1], len(chosen)), dtype=np.float32)
+    for j, slab in enumerate(chosen):
+        out[..., j] = volume[..., slab * thickness: (slab + 1) * thickness].sum(axis=-1, dtype=np.float32) / thickness
+    return out
+
+
+def slice_stack(channels: np.ndarray, region: np.ndarray, valid: np.ndarray, centre: tuple[float, float],
                 recipe: PredictionRecipe) -> np.ndarray:
-    """(N, 3, S, S) float32: the chosen axial slices of (3, X, Y, Z) channels, masked, cropped around the head,
-    resized to S x S (area averaging); zero for padding indices (-1)."""
+    """(N, 3, S, S) float32 from the k chosen slices of (3, X, Y, k) channels and their (X, Y, k) region: masked,
+    cropped around the head, resized to S x S (area averaging), placed where ``valid`` (N,) is True, zero elsewhere."""
     side = int(round(recipe.fov_mm / recipe.spacing[0]))
-    n, size = len(indices), recipe.slice_size
-    valid = indices >= 0
-    out = torch.zeros((n, channels.shape[0], size, size), dtype=torch.float32)
+    size = recipe.slice_size
+    out = torch.zeros((len(valid), channels.shape[0], size, size), dtype=torch.float32)
     if not valid.any():
         return out.numpy()
-    picked = channels[..., indices[valid]] * region[None][..., indices[valid]]
-    window = crop_square(picked.astype(np.float32), centre, side)            # (3, side, side, k)
-    window = torch.from_numpy(np.ascontiguousarray(np.moveaxis(window, 3, 0)))  # (k, 3, side, side)
+    window = crop_square((channels * region[None]).astype(np.float32), centre, side)  # (3, side, side, k)
+    window = torch.from_numpy(np.ascontiguousarray(np.moveaxis(window, 3, 0)))     # (k, 3, side, side)
     out[torch.from_numpy(valid)] = torch.nn.functional.interpolate(window, size=(size, size), mode="area")
     return out.numpy()
 
@@ -169,9 +175,10 @@ class SliceStackd(MapTransform):
         d = dict(data)
         thickness = self.recipe.slab_slices
         region = slabs(np.asarray(d[REGION], dtype=bool), thickness, reduce="any")
-        channels = slabs(np.stack([np.asarray(d[key])[0] for key in CHANNELS]).astype(np.float32), thickness)
         chosen = most_masked_slices(region, self.recipe.n_slices)
-        d["slices"] = slice_stack(channels, region, chosen, d[HEAD_CENTRE], self.recipe)
+        picked = chosen[chosen >= 0]
+        channels = np.stack([slab_means(np.asarray(d[key])[0], picked, thickness) for key in CHANNELS])
+        d["slices"] = slice_stack(channels, region[..., picked], chosen >= 0, d[HEAD_CENTRE], self.recipe)
         d["slab_index"] = chosen
         d["slice_index"] = slab_centres(chosen, thickness)
         d["masked_voxels"] = int(np.asarray(d[REGION]).sum())
