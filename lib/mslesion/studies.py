@@ -117,7 +117,8 @@ def resolve_sequences(
     return paths
 
 
-BASELINE = "baseline"
+# Data key of the baseline image path; not "baseline", which is the request parameter naming a baseline image id.
+BASELINE = "baseline_image"
 
 
 def session_order(session: str) -> tuple:
