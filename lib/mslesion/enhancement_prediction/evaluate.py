@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     prepared = time.time() - started
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
-        "command": "python -m mslesion.enhancement_prediction.evaluate " + " ".join(argv or []),
+        "command": " ".join(["python -m mslesion.enhancement_prediction.evaluate", *(argv or sys.argv[1:])]),
         "cohort": str(cohort), "subjects": args.subjects, "first_subject": args.first_subject, "seed": args.seed,
         "studies": len(items), "enhancing_studies": int(sum(int(i["study_truth"]) for i in items)),
         "machine": machine(), "threads": args.threads, "recipe": recipe.as_dict(),
