@@ -35,6 +35,9 @@ bench: venv
 
 pretrain: venv
 	PYTHONPATH=lib $(PY) -m mslesion.pretrain flair_lesion
+	PYTHONPATH=lib $(PY) -m mslesion.pretrain new_lesion --init-from model/flair_lesion.pt
+	PYTHONPATH=lib $(PY) -m mslesion.pretrain enhancement --init-from model/flair_lesion.pt
+	PYTHONPATH=lib $(PY) -m mslesion.enhancement_prediction.pretrain
 
 clean-demo:
 	rm -rf demo
