@@ -8,7 +8,6 @@ study's saved FLAIR label when it has one, else flair_lesion's prediction. The m
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -25,7 +24,6 @@ from monai.transforms import Compose, MapTransform, SpatialResample
 from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferType
-from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.generic import name_to_device
 
@@ -42,7 +40,7 @@ from ..networks import lesion_unet
 from ..recipes import FLAIR_LESION
 from ..studies import FLAIR, T1, T1_POST, T2, StudyError, parse_image_id
 from ..transforms import IMAGE, preprocess
-from .segmentation import RestoreGeometryd, integer_offset, paste, write_label
+from .segmentation import RestoreGeometryd, StatsFileTrainTask, integer_offset, paste, write_label
 
 logger = logging.getLogger(__name__)
 
@@ -302,14 +300,13 @@ def study_has_enhancement(path: str, min_voxels: int) -> bool:
     return bool(enhancing_slices(np.asarray(image.dataobj) > 0, min_voxels).any())
 
 
-class EnhancementPredictionTrain(TrainTask):
+class EnhancementPredictionTrain(StatsFileTrainTask):
     """Fine-tunes the slice classifier's last block + head and retrains the participant net from saved labels:
     FLAIR labels (lesion masks) and post-contrast T1 labels (truth) of sessions with all four sequences."""
 
     def __init__(self, recipe: PredictionRecipe, model_dir: str, default_weights: Path, description: str):
-        super().__init__(description)
+        super().__init__(description, model_dir, recipe.task)
         self.recipe, self.model_dir, self.default_weights = recipe, model_dir, default_weights
-        self.stats_path = Path(model_dir) / recipe.task / "train_stats.json"
 
     def config(self) -> dict:
         return {
@@ -320,18 +317,6 @@ class EnhancementPredictionTrain(TrainTask):
             "val_fraction": self.recipe.val_fraction,
             "device": "cuda" if torch.cuda.is_available() else "cpu",
         }
-
-    def stats(self) -> dict:
-        try:
-            return json.loads(self.stats_path.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def _write_stats(self, stats: dict) -> None:
-        self.stats_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.stats_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stats, indent=1))
-        os.replace(tmp, self.stats_path)
 
     def labelled_studies(self, datastore: Datastore) -> list[dict]:
         """Sessions whose FLAIR and post-contrast T1 both have a saved label and whose T1w and T2w are present."""

@@ -29,6 +29,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.generic import name_to_device
 
 from .. import weights
+from ..datastore import atomic_write_text
 from ..inference import amp_sliding_window, argmax_label
 from ..networks import lesion_unet
 from ..recipes import Recipe, for_cpu
@@ -194,15 +195,33 @@ class LesionSegmentationInfer(BasicInferTask):
 FOLLOW_UP_NOTE = "of follow-up visits (with an earlier visit of the same subject in the datastore) "
 
 
-class LesionSegmentationTrain(TrainTask):
+class StatsFileTrainTask(TrainTask):
+    """A TrainTask whose progress and result live in ``<model_dir>/<task>/train_stats.json`` (shown by /info/),
+    written atomically so a reader never sees half a file."""
+
+    def __init__(self, description: str, model_dir: str, task: str):
+        super().__init__(description)
+        self.stats_path = Path(model_dir) / task / "train_stats.json"
+
+    def stats(self) -> dict:
+        try:
+            return json.loads(self.stats_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write_stats(self, stats: dict) -> None:
+        self.stats_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(str(self.stats_path), json.dumps(stats, indent=1))
+
+
+class LesionSegmentationTrain(StatsFileTrainTask):
     """Fine-tunes a task's U-Net from the labels radiologists saved (or trains it de novo), then publishes it."""
 
     def __init__(self, recipe: Recipe, model_dir: str, default_weights: Path, description: str):
-        super().__init__(description)
+        super().__init__(description, model_dir, recipe.task)
         self.recipe = recipe
         self.model_dir = model_dir
         self.default_weights = default_weights
-        self.stats_path = Path(model_dir) / recipe.task / "train_stats.json"
 
     def config(self) -> dict:
         return {
@@ -213,18 +232,6 @@ class LesionSegmentationTrain(TrainTask):
             "patches_per_study": None,
             "device": "cuda" if torch.cuda.is_available() else "cpu",
         }
-
-    def stats(self) -> dict:
-        try:
-            return json.loads(self.stats_path.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def _write_stats(self, stats: dict) -> None:
-        self.stats_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.stats_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stats, indent=1))
-        os.replace(tmp, self.stats_path)
 
     def labelled_studies(self, datastore: Datastore) -> list[dict]:
         """Training items (input channel paths and label path) of every image of this task with a final label."""
