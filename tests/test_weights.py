@@ -63,3 +63,23 @@ def test_transfer_grows_the_input_layer_and_keeps_the_rest():
     small = lesion_unet(replace(ENHANCEMENT, inputs=ENHANCEMENT.inputs[:1])).state_dict()
     back = weights.transfer_state(target, small)
     assert all(back[k].shape == small[k].shape for k in small)
+
+
+def test_publish_sweeps_what_a_killed_publish_left(tmp_path):
+    """A publish killed mid-write leaves a hidden temporary; the next publish removes old ones, not fresh ones."""
+    import os
+    import time
+
+    weights.publish({"w": torch.zeros(2)}, tmp_path, "t")
+    folder = weights.published_weights(tmp_path, "t").parent
+    stale = [folder / ".model.pt.abc123.tmp", folder / ".previous.pt.copy", folder / ".model.pt.swap"]
+    fresh = folder / ".model.pt.live.tmp"
+    for path in [*stale, fresh]:
+        path.write_bytes(b"half a checkpoint")
+    old = time.time() - 2 * weights.STALE_AFTER_S
+    for path in stale:
+        os.utime(path, (old, old))
+    weights.publish({"w": torch.ones(2)}, tmp_path, "t")
+    assert [p for p in stale if p.exists()] == []
+    assert fresh.exists()  # may belong to a writer still at work
+    assert torch.equal(weights.load_state(weights.published_weights(tmp_path, "t"))["w"], torch.ones(2))

@@ -58,9 +58,32 @@ def load_metadata(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
 
 
+STALE_AFTER_S = 60.0
+
+
+def sweep_temporaries(folder: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove the half-written ``.model.pt.*.tmp``, ``.previous.pt.copy`` and ``.model.pt.swap`` files that a
+    publish killed mid-write leaves behind. Publishing is serialised (one training at a time), so a temporary
+    older than a minute belongs to no live writer."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for path in folder.iterdir():
+        if path.name.startswith(".") and path.suffix in (".tmp", ".copy", ".swap"):
+            try:
+                if now - path.stat().st_mtime > older_than_s:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 def publish(state: dict, model_dir: str | Path, task: str, metadata: dict | None = None) -> Path:
     """Make new weights the ones inference uses, keeping the weights they replace as ``previous.pt``."""
     target = published_weights(model_dir, task)
+    sweep_temporaries(target.parent)
     if target.exists():
         keep = previous_weights(model_dir, task)
         tmp = keep.with_name(f".{keep.name}.copy")
