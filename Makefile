@@ -7,8 +7,9 @@ PORT     ?= 8000
 DEMO     ?= demo/studies
 CONF     ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: venv demo serve test lint bench pretrain clean-demo
+.PHONY: venv demo serve test test-gpu lint bench pretrain clean-demo
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -30,8 +31,13 @@ test: venv
 lint: venv
 	$(PY) -m ruff check lib apps tests bench
 
+# per task REST latency (median, p95), server stage timings, peak memory, fine-tuning patches/s; see docs/performance.md
 bench: venv
-	PYTHONPATH=lib $(PY) -m bench.flair_lesion
+	PYTHONPATH=lib $(PY) -m bench.latency $(BENCH_ARGS)
+
+# CUDA answers against CPU answers for every task (skipped without a GPU; CI stays CPU-only)
+test-gpu: venv
+	PYTHONPATH=lib $(PY) -m pytest -m gpu tests/test_gpu.py $(PYTEST_ARGS)
 
 pretrain: venv
 	PYTHONPATH=lib $(PY) -m mslesion.pretrain flair_lesion

@@ -3,65 +3,37 @@
     PYTHONPATH=lib .venv/bin/python -m bench.flair_lesion [--runs 8] [--finetune-subjects 4] [--json out.json]
 
 Prints the REST round trip of flair_lesion on a 1 mm whole-brain phantom FLAIR (median and p95 of --runs
-after one warm-up call), the server's own stage timings, the server's peak memory, and the lesion-wise
-sensitivity/PPV/F1 of the default weights and of a model fine-tuned on labelled MS phantoms, both on
-held-out MS phantoms. Target on a 2-core CPU: round trip <= 5 s.
+after one warm-up call), the server's own stage timings and peak memory, all measured by bench.latency (the
+harness that times every task), and the lesion-wise sensitivity/PPV/F1 of the default weights and of a model
+fine-tuned on labelled MS phantoms, both on held-out MS phantoms. Target on a 2-core CPU: round trip <= 4 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from monailabel.client import MONAILabelClient
 
+from bench.latency import run_benchmark
 from mslesion import weights
 from mslesion.evaluate import evaluate_on_cohort
 from mslesion.networks import lesion_unet
 from mslesion.phantoms import PhantomOptions, write_cohort
 from mslesion.pretrain import machine
 from mslesion.recipes import FLAIR_LESION, for_cpu
-from mslesion.serverproc import ServerProcess
 from mslesion.training import fit
 from mslesion.transforms import IMAGE, LABEL
 
 FLAIR_ONLY = PhantomOptions(sequences=("FLAIR",))
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def latency(root: Path, runs: int) -> dict:
-    studies = root / "latency"
-    write_cohort(studies, cohort="ms", subjects=1, seed=101, labelled=0.0, options=FLAIR_ONLY)
-    no_scoring = {"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
-    server = ServerProcess(studies, root / "model", root / "server.log", env=no_scoring)
-    try:
-        client = MONAILabelClient(server.url)
-        client.infer("flair_lesion", "sub-01_ses-01_FLAIR", {})  # warm-up: loads the network
-        totals, stages = [], {"pre": [], "infer": [], "post": [], "write": [], "total": []}
-        for _ in range(runs):
-            started = time.perf_counter()
-            _, params = client.infer("flair_lesion", "sub-01_ses-01_FLAIR", {})
-            totals.append(time.perf_counter() - started)
-            for key in stages:
-                stages[key].append(params["latencies"][key])
-        return {
-            "round_trip_median_s": round(statistics.median(totals), 3),
-            "round_trip_p95_s": round(percentile(totals, 0.95), 3),
-            "server_stage_median_s": {k: round(statistics.median(v), 3) for k, v in stages.items()},
-            "server_peak_memory_mb": round(server.peak_memory_mb()),
-            "runs": runs,
-        }
-    finally:
-        server.stop()
+    """flair_lesion's REST round trip and stage timings, measured by the shared harness (bench.latency)."""
+    return run_benchmark(root, ["flair_lesion"], runs, train=False)["tasks"]["flair_lesion"]
 
 
 def items(folder: Path, subjects: int, seed: int, first_subject: int) -> list[dict]:
