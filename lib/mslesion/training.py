@@ -3,12 +3,19 @@
 Plain PyTorch around MONAI datasets and transforms: cached preprocessing, patch sampling with augmentation,
 cross-entropy and Adam (the paper's recipe), AMP on a GPU, and validation with lesion-wise metrics after
 every epoch. The best epoch by lesion-wise F1 is what gets returned for publishing.
+
+Inside a torch.distributed process group (torchrun, or :func:`mslesion.distributed.spawn`) the same loop is data
+parallel: each rank caches and trains on its own share of the studies (equal shares, so every rank runs the same
+number of steps), DistributedDataParallel averages the gradients, the validation studies are split over the ranks
+and their scores gathered, and rank 0's decision of the best epoch is the one every rank follows. Only the caller's
+rank 0 should publish (``distributed.is_main()``).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,9 +24,10 @@ import torch
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.losses import DiceCELoss
 from monai.transforms import Compose
+from torch.nn.parallel import DistributedDataParallel
 
+from . import distributed
 from .evaluate import score_studies
-from .inference import autocast
 from .recipes import Recipe
 from .transforms import IMAGE, LABEL, lesion_indices, preprocess, training_augmentation
 
@@ -32,8 +40,10 @@ class FitResult:
     best_epoch: int
     validation: dict
     history: list[dict] = field(default_factory=list)
-    patches_per_second: float = 0.0
+    patches_per_second: float = 0.0  # all ranks together: patches of every rank over the slowest rank's time
     seconds: float = 0.0
+    world_size: int = 1
+    rank_steps: list[int] = field(default_factory=list)  # optimiser steps each rank ran, in rank order
 
 
 def loss_function(name: str) -> torch.nn.Module:
@@ -42,6 +52,40 @@ def loss_function(name: str) -> torch.nn.Module:
     if name == "dice_ce":
         return DiceCELoss(to_onehot_y=True, softmax=True)
     raise ValueError(f"unknown loss '{name}': use 'ce' or 'dice_ce'")
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision on a GPU: bf16 where the GPU has it (no loss scaling needed), fp16 before that; none on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def patch_loader(patch_set: Dataset, recipe: Recipe, device: torch.device) -> DataLoader:
+    """Batches of augmented patches. On a GPU, worker processes augment the next batches while the GPU trains on
+    this one (pinned memory for asynchronous copies, workers kept across epochs); on the CPU the training itself
+    needs the cores, so patches are made in the training process."""
+    if device.type != "cuda":
+        return DataLoader(patch_set, batch_size=recipe.batch_size, shuffle=True, num_workers=0)
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    workers = max(1, min(8, (os.cpu_count() or 2) // per_node - 1))
+    return DataLoader(patch_set, batch_size=recipe.batch_size, shuffle=True, num_workers=workers, pin_memory=True,
+                      persistent_workers=True, prefetch_factor=4)
+
+
+def combine_scores(parts: list[dict]) -> dict:
+    """Validation scores of the ranks' shares as one: counts summed, per-study means weighted by study count."""
+    parts = [p for p in parts if p]
+    if len(parts) <= 1:
+        return parts[0] if parts else {}
+    total = sum(p["studies"] for p in parts)
+    out: dict = {}
+    for key, value in parts[0].items():
+        if isinstance(value, int):
+            out[key] = sum(p[key] for p in parts)
+        else:
+            out[key] = sum(p[key] * p["studies"] for p in parts) / total
+    return out
 
 
 def fit(
@@ -55,63 +99,93 @@ def fit(
     progress: Callable[[dict], None] | None = None,
     seed: int = 0,
 ) -> FitResult:
-    """Train ``network`` on labelled studies and return the weights of the best validation epoch."""
-    torch.manual_seed(seed)
+    """Train ``network`` on labelled studies and return the weights of the best validation epoch.
+
+    In a process group every rank calls this with the same items and its own ``device``; ``progress`` is called on
+    rank 0 only.
+    """
+    rank, world = distributed.rank(), distributed.world_size()
+    torch.manual_seed(seed + rank)  # ranks draw different patches; DDP gives them rank 0's initial weights
     started = time.time()
     preprocessing = preprocess(recipe, with_label=True, device="cpu")
     patches_per_pass = max(1, recipe.patches_per_study)
-    train_set = CacheDataset(train_items, transform=Compose(preprocessing + lesion_indices()), progress=False)
+    my_train, my_val = distributed.shard(train_items, rank, world), val_items[rank::world]
+    train_set = CacheDataset(my_train, transform=Compose(preprocessing + lesion_indices()), progress=False)
     patch_set = Dataset(
         [train_set[i] for i in range(len(train_set))] * max(1, recipe.augmentations),
         transform=Compose(training_augmentation(recipe, patches_per_pass)),
     )
-    loader = DataLoader(patch_set, batch_size=recipe.batch_size, shuffle=True, num_workers=0)
+    loader = patch_loader(patch_set, recipe, device)
     val_studies = [
         {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
-        for s in CacheDataset(val_items, transform=Compose(preprocessing), progress=False)
+        for s in (CacheDataset(my_val, transform=Compose(preprocessing), progress=False) if my_val else [])
     ]
 
-    network = network.to(device)
-    optimizer = torch.optim.Adam(network.parameters(), lr=lr)
+    model = network.to(device)
+    if world > 1:
+        model = DistributedDataParallel(
+            network, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
+        )
+    steps_per_epoch = int(distributed.reduce(len(loader), "min", device))  # equal by construction; never more
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     criterion = loss_function(loss)
+    dtype = amp_dtype(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     best = {"f1": -1.0}
-    best_state, best_epoch, history, patches, train_seconds = copy.deepcopy(network.state_dict()), 0, [], 0, 0.0
+    best_state, best_epoch, history = copy.deepcopy(network.state_dict()), 0, []
+    patches, steps, train_seconds = 0, 0, 0.0
+    any_validation = bool(distributed.reduce(len(val_studies), "sum", device))
 
     for epoch in range(1, recipe.epochs + 1):
-        network.train()
+        model.train()
         epoch_start, losses = time.time(), []
-        for batch in loader:
-            images, labels = batch[IMAGE].to(device), batch[LABEL].to(device)
+        for step, batch in enumerate(loader):
+            if step >= steps_per_epoch:
+                break
+            images = batch[IMAGE].to(device, non_blocking=True)
+            labels = batch[LABEL].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            with autocast(device):
-                value = criterion(network(images), labels)
-            value.backward()
-            optimizer.step()
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                value = criterion(model(images), labels)
+            scaler.scale(value).backward()
+            scaler.step(optimizer)
+            scaler.update()
             losses.append(float(value.detach()))
             patches += images.shape[0]
+            steps += 1
         train_seconds += time.time() - epoch_start
-        metrics = score_studies(network, val_studies, recipe)
+        # the bare network, not the DDP wrapper: ranks validate different numbers of studies without collectives
+        metrics = combine_scores(distributed.gather(score_studies(network, val_studies, recipe)))
+        mean_loss = distributed.reduce(sum(losses) / max(1, len(losses)), "sum", device) / world
         row = {
             "epoch": epoch,
             "epochs": recipe.epochs,
-            "loss": round(sum(losses) / max(1, len(losses)), 5),
+            "loss": round(mean_loss, 5),
             "seconds": round(time.time() - epoch_start, 1),
             **{k: round(v, 4) for k, v in metrics.items()},
         }
         history.append(row)
         logger.info("epoch %d/%d %s", epoch, recipe.epochs, row)
         f1 = metrics.get("f1", 0.0)
-        if not val_studies or f1 > best["f1"]:
+        if distributed.from_main(not any_validation or f1 > best["f1"]):
             best, best_epoch = {"f1": f1, **metrics}, epoch
             best_state = copy.deepcopy(network.state_dict())
-        if progress:
+        if progress and rank == 0:
             progress({"epoch": epoch, "epochs": recipe.epochs, "history": history, "best_epoch": best_epoch})
 
+    rank_steps = [int(s) for s in distributed.gather(steps)]
+    if world > 1:
+        logger.info("rank %d/%d trained %d steps (%d patches) on %d studies", rank, world, steps, patches,
+                    len(my_train))
+    total_patches = distributed.reduce(patches, "sum", device)
+    slowest = distributed.reduce(train_seconds, "max", device)
     return FitResult(
         state=best_state,
         best_epoch=best_epoch,
         validation=best,
         history=history,
-        patches_per_second=patches / train_seconds if train_seconds else 0.0,
+        patches_per_second=total_patches / slowest if slowest else 0.0,
         seconds=time.time() - started,
+        world_size=world,
+        rank_steps=rank_steps,
     )
