@@ -1,8 +1,15 @@
-"""Sequences of a study and their companions, found from BIDS-style names in a MONAI Label datastore.
+"""Sequences of a study and their companions, through one resolver interface for every kind of datastore.
 
-A local datastore holds flat files named ``sub-<S>_ses-<T>_<suffix>.nii.gz``; each file is one MONAI Label
-image. A task asked about one image finds the other sequences it needs among the images of the same
-subject and session.
+A task asked about one image finds the other sequences it needs among the images of the same subject and
+session (and, for longitudinal tasks, the same sequence at the subject's previous session). What an image *is*
+(subject, session, sequence) comes from a ``Catalogue``:
+
+- ``BidsCatalogue``: a local datastore of flat files named ``sub-<S>_ses-<T>_<suffix>.nii.gz``;
+- ``mslesion.dicom.catalogue.SeriesCatalogue``: a DICOMweb server, where the subject is the PatientID, the
+  session the study (ordered by StudyDate/StudyTime) and the sequence is matched from the SeriesDescription.
+
+``resolve_sequences``, ``resolve_baseline`` and ``earlier_session`` work on either; a datastore that has its own
+catalogue exposes it as a ``catalogue`` attribute, any other store is read by its BIDS names.
 """
 
 from __future__ import annotations
@@ -76,6 +83,89 @@ def naming_hint(suffix: str) -> str:
     return f"images are named sub-<subject>_ses-<session>_{suffix}.nii.gz"
 
 
+class Catalogue(Protocol):
+    """What companion resolution needs to know about a datastore's images, and how to word what is missing."""
+
+    def image_ids(self) -> set[str]:
+        """Every image id of the datastore."""
+
+    def refs(self) -> dict[str, SequenceRef]:
+        """Subject, session and sequence of every image whose sequence is known, by image id."""
+
+    def image_uri(self, image_id: str) -> str:
+        """Local file path of an image (fetched first where the datastore is remote)."""
+
+    def image_of(self, ref: SequenceRef) -> str | None:
+        """Id of the image that is ``ref``, if the datastore has it."""
+
+    def describe(self, ref: SequenceRef) -> str:
+        """How to name the image ``ref`` to a user (its id when it is there, what to provide when it is not)."""
+
+    def unknown_sequence_message(self, image_id: str, task: str, primary: str) -> str: ...
+
+    def missing_companions_message(self, task: str, image_id: str, missing: list[SequenceRef]) -> str: ...
+
+    def no_baseline_message(self, task: str, ref: SequenceRef) -> str: ...
+
+
+class BidsCatalogue:
+    """A local datastore read by its BIDS-style image ids; the ids are the references themselves."""
+
+    def __init__(self, store: ImageStore):
+        self.store = store
+        self._ids: set[str] | None = None
+
+    def image_ids(self) -> set[str]:
+        if self._ids is None:
+            self._ids = set(self.store.list_images())
+        return self._ids
+
+    def refs(self) -> dict[str, SequenceRef]:
+        return {image_id: ref for image_id in self.image_ids() if (ref := parse_image_id(image_id)) is not None}
+
+    def ref(self, image_id: str) -> SequenceRef | None:
+        return parse_image_id(image_id)
+
+    def image_uri(self, image_id: str) -> str:
+        return self.store.get_image_uri(image_id)
+
+    def image_of(self, ref: SequenceRef) -> str | None:
+        return ref.image_id if ref.image_id in self.image_ids() else None
+
+    def describe(self, ref: SequenceRef) -> str:
+        return ref.image_id
+
+    def unknown_sequence_message(self, image_id: str, task: str, primary: str) -> str:
+        return (
+            f"{task} cannot tell which sequence '{image_id}' is: {naming_hint(primary)} "
+            f"(suffix one of {', '.join(SEQUENCES)}). Rename the file or upload it with such an id."
+        )
+
+    def missing_companions_message(self, task: str, image_id: str, missing: list[SequenceRef]) -> str:
+        return (
+            f"{task} needs {', '.join(m.image_id for m in missing)} beside {image_id} (same subject and session); "
+            "upload it with PUT /datastore/image?image=<id>."
+        )
+
+    def no_baseline_message(self, task: str, ref: SequenceRef) -> str:
+        return (
+            f"{task} needs a baseline: subject {ref.subject} has no {ref.suffix} from a session before "
+            f"ses-{ref.session}. Upload the earlier visit as sub-{ref.subject}_ses-<earlier>_{ref.suffix}.nii.gz, "
+            'or name one with params {"baseline": "<image id>"}.'
+        )
+
+
+def catalogue_of(store) -> Catalogue:
+    """The store's own catalogue (a DICOMweb datastore has one), else its images read by BIDS names."""
+    own = getattr(store, "catalogue", None)
+    return own if own is not None else BidsCatalogue(store)
+
+
+def _ref_of(catalogue: Catalogue, image_id: str) -> SequenceRef | None:
+    lookup = getattr(catalogue, "ref", None)
+    return lookup(image_id) if lookup is not None else catalogue.refs().get(image_id)
+
+
 def resolve_sequences(
     store: ImageStore, image_id: str, task: str, primary: str, companions: Iterable[str] = ()
 ) -> dict[str, str]:
@@ -84,37 +174,29 @@ def resolve_sequences(
     Raises StudyError (404 for an unknown image, 422 for a wrong sequence or a missing companion) with a
     message that says what is wrong and how to fix it.
     """
-    known = set(store.list_images())
-    if image_id not in known:
+    catalogue = catalogue_of(store)
+    if image_id not in catalogue.image_ids():
         raise StudyError(404, f"Image '{image_id}' is not in the datastore; list them with GET /datastore/.")
-    ref = parse_image_id(image_id)
+    ref = _ref_of(catalogue, image_id)
     if ref is None:
-        raise StudyError(
-            422,
-            f"{task} cannot tell which sequence '{image_id}' is: {naming_hint(primary)} "
-            f"(suffix one of {', '.join(SEQUENCES)}). Rename the file or upload it with such an id.",
-        )
+        raise StudyError(422, catalogue.unknown_sequence_message(image_id, task, primary))
     if ref.suffix != primary:
         raise StudyError(
             422,
             f"{task} needs a {primary} image, but '{image_id}' is a {ref.suffix}. "
-            f"Run it on {ref.companion(primary).image_id} instead.",
+            f"Run it on {catalogue.describe(ref.companion(primary))} instead.",
         )
-    paths = {primary: store.get_image_uri(image_id)}
+    found = {primary: image_id}
     missing = []
     for suffix in companions:
-        other = ref.companion(suffix).image_id
-        if other in known:
-            paths[suffix] = store.get_image_uri(other)
+        other = catalogue.image_of(ref.companion(suffix))
+        if other is None:
+            missing.append(ref.companion(suffix))
         else:
-            missing.append(other)
+            found[suffix] = other
     if missing:
-        raise StudyError(
-            422,
-            f"{task} needs {', '.join(missing)} beside {image_id} (same subject and session); "
-            "upload it with PUT /datastore/image?image=<id>.",
-        )
-    return paths
+        raise StudyError(422, catalogue.missing_companions_message(task, image_id, missing))
+    return {suffix: catalogue.image_uri(other) for suffix, other in found.items()}
 
 
 # Data key of the baseline image path; not "baseline", which is the request parameter naming a baseline image id.
@@ -128,16 +210,13 @@ def session_order(session: str) -> tuple:
 
 def earlier_session(store: ImageStore, ref: SequenceRef) -> SequenceRef | None:
     """The same sequence at the latest session of the same subject before ``ref``'s, if the datastore has one."""
-    earlier = []
-    for image_id in store.list_images():
-        other = parse_image_id(image_id)
-        if (
-            other is not None
-            and other.subject == ref.subject
-            and other.suffix == ref.suffix
-            and session_order(other.session) < session_order(ref.session)
-        ):
-            earlier.append(other)
+    earlier = [
+        other
+        for other in catalogue_of(store).refs().values()
+        if other.subject == ref.subject
+        and other.suffix == ref.suffix
+        and session_order(other.session) < session_order(ref.session)
+    ]
     return max(earlier, key=lambda r: session_order(r.session)) if earlier else None
 
 
@@ -150,15 +229,16 @@ def resolve_baseline(
     A baseline of another subject is refused unless ``force``: comparing two people's brains would call every
     anatomical difference a new lesion.
     """
-    ref = parse_image_id(image_id)
+    catalogue = catalogue_of(store)
+    ref = _ref_of(catalogue, image_id)
     if ref is None:  # resolve_sequences has already refused unnamed images; keep this function safe on its own
-        raise StudyError(422, f"{task} cannot tell the subject and session of '{image_id}': {naming_hint(FLAIR)}.")
+        raise StudyError(422, catalogue.unknown_sequence_message(image_id, task, FLAIR))
     if baseline_id:
-        if baseline_id not in set(store.list_images()):
+        if baseline_id not in catalogue.image_ids():
             raise StudyError(
                 404, f"Baseline image '{baseline_id}' is not in the datastore; list them with GET /datastore/."
             )
-        base = parse_image_id(baseline_id)
+        base = _ref_of(catalogue, baseline_id)
         if base is None or base.suffix != ref.suffix:
             raise StudyError(
                 422, f"{task} compares {ref.suffix} with {ref.suffix}; baseline '{baseline_id}' is not a {ref.suffix}."
@@ -173,13 +253,9 @@ def resolve_baseline(
                 'subject\'s earlier image, or params {"force_baseline": true} if the ids are wrong but the person '
                 "is the same.",
             )
-        return store.get_image_uri(baseline_id)
+        return catalogue.image_uri(baseline_id)
     previous = earlier_session(store, ref)
-    if previous is None:
-        raise StudyError(
-            422,
-            f"{task} needs a baseline: subject {ref.subject} has no {ref.suffix} from a session before "
-            f"ses-{ref.session}. Upload the earlier visit as sub-{ref.subject}_ses-<earlier>_{ref.suffix}.nii.gz, "
-            'or name one with params {"baseline": "<image id>"}.',
-        )
-    return store.get_image_uri(previous.image_id)
+    previous_id = catalogue.image_of(previous) if previous is not None else None
+    if previous_id is None:
+        raise StudyError(422, catalogue.no_baseline_message(task, ref))
+    return catalogue.image_uri(previous_id)
