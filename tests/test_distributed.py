@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from mslesion import distributed, weights
+from mslesion.datastore import ValidatingDatastore
 from mslesion.networks import lesion_unet
 from mslesion.recipes import FLAIR_LESION, for_cpu
-from mslesion.training import combine_scores, fit
-from mslesion.transforms import IMAGE, LABEL
+from mslesion.studies import StudyError
+from mslesion.tasks.segmentation import LesionSegmentationTrain
+from mslesion.training import combine_scores, state_digest
 
 # Small enough for two ranks on two cores: 2 mm phantoms, 32^3 patches, a narrow U-Net, one epoch.
 TINY = replace(for_cpu(FLAIR_LESION), spacing=(2.0, 2.0, 2.0), patch=(32, 32, 32), patches_per_study=4, epochs=1,
@@ -24,63 +26,63 @@ TINY = replace(for_cpu(FLAIR_LESION), spacing=(2.0, 2.0, 2.0), patch=(32, 32, 32
 
 
 @pytest.fixture(scope="module")
-def tiny_items(tmp_path_factory) -> list[dict]:
+def tiny_datastore(tmp_path_factory) -> Path:
+    """Three labelled 2 mm FLAIR phantoms in a datastore folder."""
     from mslesion.phantoms import PhantomOptions, write_cohort
 
-    folder = tmp_path_factory.mktemp("tiny") / "studies"
-    paths = write_cohort(folder, cohort="ms", subjects=3, seed=5, labelled=1.0,
-                         options=PhantomOptions(sequences=("FLAIR",), spacing=(2.0, 2.0, 2.0)))
-    return [{IMAGE: str(p), LABEL: str(folder / "labels" / "final" / p.name), "id": p.name} for p in sorted(paths)]
-
-
-def train_rank(train_items: list[dict], val_items: list[dict], model_dir: str, out_dir: str) -> dict:
-    """One rank of the test: deliberately different initial weights per rank (DDP must replace them with rank 0's),
-    train, record what this rank did, and publish from rank 0 only."""
-    world = distributed.current()
-    torch.manual_seed(1000 + world.rank)
-    network = lesion_unet(TINY)
-    result = fit(TINY, network, train_items, val_items, world.device, lr=1e-3, seed=3)
-    out = Path(out_dir)
-    torch.save(result.state, out / f"state-rank{world.rank}.pt")
-    (out / f"rank{world.rank}.json").write_text(json.dumps({
-        "rank": world.rank, "world_size": world.world_size, "rank_steps": result.rank_steps,
-        "history": result.history, "best_epoch": result.best_epoch,
-    }))
-    if distributed.is_main():
-        weights.publish(result.state, model_dir, TINY.task, metadata={"world_size": world.world_size})
-    return {"best_epoch": result.best_epoch, "rank_steps": result.rank_steps}
+    studies = tmp_path_factory.mktemp("tiny") / "studies"
+    write_cohort(studies, cohort="ms", subjects=3, seed=5, labelled=1.0,
+                 options=PhantomOptions(sequences=("FLAIR",), spacing=(2.0, 2.0, 2.0)))
+    return studies
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_train_in_step_and_only_rank_0_publishes(tiny_items, tmp_path):
-    model_dir, out = tmp_path / "model", tmp_path / "ranks"
-    out.mkdir()
-    returned = distributed.spawn(train_rank, 2, tiny_items[:2], tiny_items[2:], str(model_dir), str(out),
-                                 use_cuda=False)
+def test_a_multi_gpu_request_trains_two_gloo_ranks_in_step_and_rank_0_alone_publishes(tiny_datastore, tmp_path,
+                                                                                       capfd):
+    """The server's trainer as MONAI Label runs it for POST /train/flair_lesion {"multi_gpu": true, ...}, with
+    an explicit world_size because this machine has no GPU: two processes, gloo, a real datastore."""
+    model_dir = tmp_path / "model"
+    trainer = LesionSegmentationTrain(TINY, str(model_dir), model_dir / "no-defaults.pt", "flair lesions")
+    store = ValidatingDatastore(str(tiny_datastore), extensions=["*.nii.gz"])
+    request = {"multi_gpu": True, "world_size": 2, "device": "cpu", "pretrained": False, "schedule": "paper",
+               "val_fraction": 0.3}
+    stats = trainer(request, store)  # what rank 0 returned
+    logs = capfd.readouterr().err
 
-    # both ranks trained, the same number of steps (each on its own study), and both know it
-    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["rank"] for r in reports] == [0, 1] and all(r["world_size"] == 2 for r in reports)
-    steps = reports[0]["rank_steps"]
-    assert len(steps) == 2 and steps[0] == steps[1] > 0 and reports[1]["rank_steps"] == steps
-    assert returned == {"best_epoch": reports[0]["best_epoch"], "rank_steps": steps}  # rank 0's return value
-    # every rank saw the same (gathered) validation and took the same decision
-    assert reports[0]["history"] == reports[1]["history"] and reports[0]["history"][0]["studies"] == 1
+    assert stats["status"] == "PUBLISHED" and stats["world_size"] == 2
+    assert stats["train_studies"] == ["sub-01_ses-01_FLAIR", "sub-02_ses-01_FLAIR"]  # one for each rank
+    # both ranks trained, the same number of steps (no rank left waiting in a collective), and said so
+    steps = stats["rank_steps"]
+    assert len(steps) == 2 and steps[0] == steps[1] > 0
+    for rank in (0, 1):
+        assert f"rank {rank}/2 trained {steps[rank]} steps" in logs, logs[-3000:]
+    # rank 0 wrote the stats file that /info/ shows; rank 1 did not overwrite it
+    assert trainer.stats() == json.loads(json.dumps(stats))
 
-    # DDP kept the weights identical although each rank started from different ones
-    states = [torch.load(out / f"state-rank{r}.pt", weights_only=True) for r in (0, 1)]
-    assert states[0].keys() == states[1].keys()
-    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    # DDP kept the two replicas bit-identical, and what was published is those weights
+    digests = stats["rank_weights_sha256"]
+    published = model_dir / TINY.task / "model.pt"
+    loaded = weights.load_state(published)
+    assert digests[0] == digests[1] == state_digest(loaded)
     initial = lesion_unet(TINY).state_dict()
-    assert any(not torch.equal(states[0][k], initial[k]) for k in initial)
-
-    # exactly one published model, and it loads into the network
-    published = sorted(p.relative_to(model_dir) for p in model_dir.rglob("*") if p.is_file())
-    assert published == [Path(TINY.task) / "model.pt"]
-    loaded = weights.load_state(model_dir / TINY.task / "model.pt")
+    assert any(not torch.equal(loaded[k], initial[k]) for k in initial), "training did not change the weights"
     lesion_unet(TINY).load_state_dict(loaded)
-    assert all(torch.equal(loaded[k], states[0][k]) for k in loaded)
-    assert weights.load_metadata(model_dir / TINY.task / "model.pt")["world_size"] == 2
+
+    # exactly one published model file (rank 1 published nothing)
+    files = sorted(p.relative_to(model_dir) for p in model_dir.rglob("*") if p.is_file())
+    assert files == [Path(TINY.task) / "model.pt", Path(TINY.task) / "train_stats.json"]
+
+
+def test_a_world_size_beyond_the_visible_gpus_is_refused_with_a_422():
+    trainer = LesionSegmentationTrain(TINY, "/nonexistent", Path("/nonexistent.pt"), "flair lesions")
+    if not torch.cuda.is_available():
+        assert trainer.check_request({"multi_gpu": True, "world_size": 3, "device": "cpu"}) == 3
+        assert trainer.check_request({"multi_gpu": True, "device": "cuda"}) == 1  # no GPU: one process
+        return
+    too_many = torch.cuda.device_count() + 1
+    with pytest.raises(StudyError) as refused:
+        trainer.check_request({"multi_gpu": True, "world_size": too_many, "device": "cuda"})
+    assert refused.value.status_code == 422 and "world_size" in refused.value.detail
 
 
 def test_shards_are_equal_so_no_rank_waits_in_a_collective():

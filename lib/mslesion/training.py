@@ -14,6 +14,7 @@ rank 0 should publish (``distributed.is_main()``).
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
 import time
@@ -44,6 +45,7 @@ class FitResult:
     seconds: float = 0.0
     world_size: int = 1
     rank_steps: list[int] = field(default_factory=list)  # optimiser steps each rank ran, in rank order
+    rank_digests: list[str] = field(default_factory=list)  # sha256 of each rank's returned weights (all equal)
 
 
 def loss_function(name: str) -> torch.nn.Module:
@@ -52,6 +54,15 @@ def loss_function(name: str) -> torch.nn.Module:
     if name == "dice_ce":
         return DiceCELoss(to_onehot_y=True, softmax=True)
     raise ValueError(f"unknown loss '{name}': use 'ce' or 'dice_ce'")
+
+
+def state_digest(state: dict) -> str:
+    """sha256 over a state dict's names and bytes: equal digests mean bit-identical weights."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
@@ -174,6 +185,9 @@ def fit(
             progress({"epoch": epoch, "epochs": recipe.epochs, "history": history, "best_epoch": best_epoch})
 
     rank_steps = [int(s) for s in distributed.gather(steps)]
+    rank_digests = distributed.gather(state_digest(best_state))
+    if len(set(rank_digests)) > 1:  # DDP keeps replicas identical; anything else is a bug, not a model to publish
+        raise RuntimeError(f"the ranks ended with different weights (sha256 {rank_digests}); nothing is published")
     if world > 1:
         logger.info("rank %d/%d trained %d steps (%d patches) on %d studies", rank, world, steps, patches,
                     len(my_train))
@@ -188,4 +202,5 @@ def fit(
         seconds=time.time() - started,
         world_size=world,
         rank_steps=rank_steps,
+        rank_digests=rank_digests,
     )

@@ -26,11 +26,11 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.infer.basic_infer import BasicInferTask
-from monailabel.utils.others.generic import name_to_device
+from monailabel.utils.others.generic import name_to_device, strtobool
 
-from .. import weights
+from .. import distributed, weights
 from ..datastore import atomic_write_text
-from ..inference import amp_sliding_window, argmax_label
+from ..inference import amp_sliding_window, argmax_label, gpu_peak_mb, reset_gpu_peak
 from ..networks import lesion_unet
 from ..recipes import Recipe, for_cpu
 from ..report import lesion_report
@@ -131,7 +131,25 @@ def write_label(label: np.ndarray, affine: np.ndarray, compresslevel: int = 1) -
     return path
 
 
-class LesionSegmentationInfer(BasicInferTask):
+class ReportsGpuPeak:
+    """Infer task mixin: the answer of a request run on CUDA carries the peak GPU memory it took (``gpu_peak_mb``).
+
+    The peak is the process's, reset when the request starts: nested calls (``skip_writer``, e.g. new_lesion's
+    include_all_lesions) leave it alone, and concurrent requests on one GPU share it.
+    """
+
+    def __call__(self, request, callbacks=None):
+        device = torch.device(name_to_device(request.get("device", "cuda")))
+        tracked = device.type == "cuda" and not strtobool(str(request.get("skip_writer", False)))
+        if tracked:
+            reset_gpu_peak(device)
+        label, result = super().__call__(request, callbacks)
+        if tracked and isinstance(result, dict):
+            result["gpu_peak_mb"] = gpu_peak_mb(device)
+        return label, result
+
+
+class LesionSegmentationInfer(ReportsGpuPeak, BasicInferTask):
     """Sliding-window U-Net inference of one task's lesions, answered on the opened image's own grid."""
 
     def __init__(self, recipe: Recipe, paths: list[str], network: torch.nn.Module, description: str):
@@ -157,7 +175,12 @@ class LesionSegmentationInfer(BasicInferTask):
         return preprocess(self.recipe, device=device)
 
     def inferer(self, data=None):
-        return amp_sliding_window(self.recipe)
+        """The sliding window for this study: its ROI grown to cover it in one window when cheaper, its window batch
+        sized from the free GPU memory on CUDA (see mslesion.inference)."""
+        data = data or {}
+        image = data.get(IMAGE)
+        shape = tuple(image.shape[1:]) if isinstance(image, torch.Tensor) else None
+        return amp_sliding_window(self.recipe, data.get("device"), shape)
 
     def inverse_transforms(self, data=None):
         return None
@@ -231,6 +254,11 @@ class LesionSegmentationTrain(StatsFileTrainTask):
             "lr": self.recipe.lr,
             "patches_per_study": None,
             "device": "cuda" if torch.cuda.is_available() else "cpu",
+            # MONAI Label's multi-GPU params: one DDP process per visible GPU ("gpus": "0,1" narrows them);
+            # world_size 0 means one per GPU; a positive one on a CPU server runs that many gloo processes.
+            "multi_gpu": True,
+            "gpus": "all",
+            "world_size": 0,
         }
 
     def labelled_studies(self, datastore: Datastore) -> list[dict]:
@@ -268,9 +296,30 @@ class LesionSegmentationTrain(StatsFileTrainTask):
             )
         return items
 
+    def check_request(self, request: dict) -> int:
+        """How many training processes the request asks for, or a 422 saying why this server cannot run them."""
+        device = torch.device(name_to_device(request.get("device", "cuda")))
+        try:
+            return distributed.requested_world_size(request, device)
+        except ValueError as e:
+            raise StudyError(
+                422, f"Cannot train with {e}. Ask for fewer processes (world_size), or leave world_size at 0 to use "
+                "every visible GPU."
+            ) from e
+
     def __call__(self, request: dict, datastore: Datastore) -> dict:
         items = self.check_ready(datastore)
-        device = torch.device(name_to_device(request.get("device", "cuda")))
+        size = self.check_request(request)
+        if size > 1:
+            device = torch.device(name_to_device(request.get("device", "cuda")))
+            logger.info("%s: data-parallel training in %d processes", self.recipe.task, size)
+            return distributed.spawn(self.train_rank, size, request, items, use_cuda=device.type == "cuda")
+        return self.train_rank(request, items)
+
+    def train_rank(self, request: dict, items: list[dict]) -> dict | None:
+        """Training in this process: the only one, or one rank of several (then rank 0 writes stats and publishes)."""
+        world = distributed.current()
+        device = world.device if world.distributed else torch.device(name_to_device(request.get("device", "cuda")))
         schedule = request.get("schedule", "auto")
         recipe = self.recipe if schedule == "paper" or (schedule == "auto" and device.type == "cuda") else for_cpu(
             self.recipe
@@ -292,17 +341,21 @@ class LesionSegmentationTrain(StatsFileTrainTask):
             "status": "RUNNING",
             "start_ts": started,
             "device": str(device),
+            "world_size": world.world_size,
             "pretrained_from": start_from.name if pretrained else None,
             "train_studies": [i["id"] for i in train_items],
             "val_studies": [i["id"] for i in val_items],
             "recipe": {k: v for k, v in recipe.as_dict().items() if k != "extra"},
         }
-        self._write_stats(base)
+        if world.is_main:
+            self._write_stats(base)
 
         def progress(update: dict) -> None:
             self._write_stats({**base, **update})
 
         result = fit(recipe, network, train_items, val_items, device, lr=lr, loss="ce", progress=progress)
+        if not world.is_main:
+            return None
         published = weights.publish(
             result.state,
             self.model_dir,
@@ -317,6 +370,8 @@ class LesionSegmentationTrain(StatsFileTrainTask):
             "best_epoch": result.best_epoch,
             "best_validation": result.validation,
             "patches_per_second": round(result.patches_per_second, 3),
+            "rank_steps": result.rank_steps,
+            "rank_weights_sha256": result.rank_digests,
             "seconds": round(result.seconds, 1),
             "published": str(published),
         }
