@@ -1,13 +1,63 @@
-"""Running a lesion U-Net over a whole preprocessed study: sliding window, AMP on a GPU, argmax."""
+"""Running a lesion U-Net over a whole preprocessed study: sliding window, AMP on a GPU, argmax.
+
+The recipe's ROI is sized to cover a cropped 1 mm brain in one window; a study a few voxels larger along an
+axis would need two nearly identical windows (twice the work), so ``window_roi`` grows the ROI to the study
+(to a multiple of the U-Net's stride) when that costs less than a second window. On a GPU the window batch is
+sized from the free memory (``sw_batch_size_for``).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import math
+from collections.abc import Sequence
 
 import torch
 from monai.inferers import SlidingWindowInferer
 
 from .recipes import Recipe
+
+# Peak device memory of one sliding window, per voxel of the ROI, under bf16 autocast and no_grad: the U-Net's
+# live activations (widest at full resolution) plus the fp32 gaussian-weighted output it accumulates. An upper
+# estimate for the lesion U-Net (channels 8..128); bench/device_check.sh measures the real figure.
+BYTES_PER_VOXEL = 160
+MAX_SW_BATCH = 8
+UNET_STRIDE = 16  # 4 stride-2 levels: a window must be a multiple of 16 voxels along each axis
+MAX_ROI_GROWTH = 1.3  # grow the ROI by at most this factor in voxels (one window costs ~linear in voxels)
+
+
+def window_roi(image_shape: Sequence[int], roi: Sequence[int], max_growth: float = MAX_ROI_GROWTH) -> tuple[int, ...]:
+    """``roi`` grown to cover ``image_shape`` in one window (rounded up to the U-Net stride) when that adds at most
+    ``max_growth`` in voxels; else ``roi`` unchanged (the sliding window then lays several windows)."""
+    grown = tuple(max(r, math.ceil(s / UNET_STRIDE) * UNET_STRIDE) for s, r in zip(image_shape, roi, strict=True))
+    return grown if math.prod(grown) <= max_growth * math.prod(roi) else tuple(roi)
+
+
+def window_count(image_shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
+    """How many windows a sliding window of ``roi`` with ``overlap`` lays over ``image_shape`` (spatial dims)."""
+    count = 1
+    for size, window in zip(image_shape, roi, strict=True):
+        if size <= window:
+            continue
+        step = max(1, int(window * (1 - overlap)))
+        count *= math.ceil((size - window) / step) + 1
+    return count
+
+
+def sw_batch_size_for(free_bytes: int, roi: Sequence[int], windows: int, bytes_per_voxel: float = BYTES_PER_VOXEL,
+                      share: float = 0.5, cap: int = MAX_SW_BATCH) -> int:
+    """Windows to run at once: as many as ``share`` of the free device memory holds, no more than there are
+    windows (or ``cap``), and at least one."""
+    per_window = bytes_per_voxel * math.prod(roi)
+    fits = int(max(0, free_bytes) * share // per_window) if per_window > 0 else 1
+    return max(1, min(fits, windows, cap))
+
+
+def free_device_memory(device: torch.device | str) -> int:
+    """Bytes a new allocation can get on a CUDA device: free on the card plus what torch's cache holds unused."""
+    device = torch.device(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
 
 
 def sliding_window(recipe: Recipe) -> SlidingWindowInferer:
@@ -32,19 +82,35 @@ class AmpSlidingWindowInferer(SlidingWindowInferer):
             return super().__call__(inputs, network, *args, **kwargs).float()
 
 
-def amp_sliding_window(recipe: Recipe) -> AmpSlidingWindowInferer:
-    return AmpSlidingWindowInferer(
-        roi_size=recipe.infer_roi, sw_batch_size=recipe.sw_batch_size, overlap=recipe.sw_overlap, mode="gaussian"
-    )
+def amp_sliding_window(recipe: Recipe, device: torch.device | str | None = None,
+                       image_shape: Sequence[int] | None = None) -> AmpSlidingWindowInferer:
+    """The recipe's sliding window under AMP. Given the study's spatial ``image_shape``, the ROI may grow to cover it
+    in one window (``window_roi``), and on a CUDA ``device`` the window batch comes from the free GPU memory."""
+    roi, sw_batch = tuple(recipe.infer_roi), recipe.sw_batch_size
+    if image_shape is not None:
+        roi = window_roi(image_shape, roi)
+        if device is not None and torch.device(device).type == "cuda":
+            windows = window_count(image_shape, roi, recipe.sw_overlap)
+            sw_batch = sw_batch_size_for(free_device_memory(device), roi, windows)
+    return AmpSlidingWindowInferer(roi_size=roi, sw_batch_size=sw_batch, overlap=recipe.sw_overlap, mode="gaussian")
 
 
 @torch.no_grad()
 def predict_logits(network: torch.nn.Module, image: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     """Logits (2, ...) of one preprocessed study (C, ...), on the study's device."""
     network.eval()
-    return amp_sliding_window(recipe)(image[None], network)[0]
+    return amp_sliding_window(recipe, image.device, image.shape[1:])(image[None], network)[0]
 
 
 def argmax_label(logits: torch.Tensor) -> torch.Tensor:
     """Class index per voxel, keeping the channel axis; ``max(...).indices`` is ~20x faster than argmax on a CPU."""
     return torch.max(logits, dim=0, keepdim=True).indices.to(torch.uint8)
+
+
+def reset_gpu_peak(device: torch.device | str) -> None:
+    torch.cuda.reset_peak_memory_stats(torch.device(device))
+
+
+def gpu_peak_mb(device: torch.device | str) -> float:
+    """Peak memory torch allocated on a CUDA device since the last reset, in MB."""
+    return round(torch.cuda.max_memory_allocated(torch.device(device)) / 2**20, 1)

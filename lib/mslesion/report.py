@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from .metrics import lesion_components
 
@@ -34,10 +33,14 @@ def lesion_report(label: np.ndarray, affine: np.ndarray, min_voxels: int = 1, va
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
     lesions = []
     if count:
-        index = np.arange(1, count + 1)
-        sizes = ndimage.sum_labels(np.ones_like(components), components, index)
-        centroids = ndimage.center_of_mass(mask, components, index)
-        has_new = ndimage.maximum(label == 2, components, index)
+        # per-lesion sums over the lesion voxels only (bincount): scipy's per-label measurements scan the whole
+        # box once per statistic and took ~0.5 s of the write stage on a 2-core CPU
+        where = np.nonzero(components)
+        ids = components[where]
+        sizes = np.bincount(ids, minlength=count + 1)[1:]
+        centroids = np.stack([np.bincount(ids, weights=axis, minlength=count + 1)[1:] for axis in where], axis=1)
+        centroids = centroids / sizes[:, None]
+        has_new = np.bincount(ids, weights=label[where] == 2, minlength=count + 1)[1:] > 0
         for i, (size, centre, new) in enumerate(zip(sizes, centroids, has_new, strict=True), start=1):
             centre = np.asarray(centre) + offset
             world = affine @ np.array([*centre, 1.0])

@@ -3,6 +3,7 @@ inference, so a model sees at serving time exactly what it saw in training."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -25,12 +26,15 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
     Spacingd,
+    Transform,
 )
 
 from .foreground import head_foreground
 from .longitudinal import SubtractRegisteredBaselined
 from .recipes import Recipe
 from .studies import BASELINE
+from .studycache import CachedLoadImaged
+from .threads import small_op_threads, torch_threads
 
 IMAGE, LABEL = "image", "label"
 
@@ -94,8 +98,26 @@ class LesionMaskd(MapTransform):
         return d
 
 
+class WithSmallOpThreadsd(Transform):
+    """Runs a transform of many small tensor ops (registration) with few torch threads when its data is on the CPU
+    (see mslesion.threads); on a GPU it runs as is."""
+
+    def __init__(self, transform: Transform, key: str = IMAGE):
+        self.transform, self.key = transform, key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        image = data.get(self.key)
+        on_cpu = isinstance(image, torch.Tensor) and image.device.type == "cpu"
+        with torch_threads(small_op_threads()) if on_cpu else contextlib.nullcontext():
+            return self.transform(data)
+
+
 def preprocess(recipe: Recipe, with_label: bool = False, device: str | torch.device = "cpu") -> list:
     """Load, stack channels, move to the device, RAS, 1 mm, crop to the head, z-score (and binarise the label).
+
+    Inference chains (no label) read images through the server's bounded cache of decoded studies, so a second
+    task or the uncertainty scoring on the same study does not decode it again; training caches its own
+    preprocessed studies (CacheDataset) and reads files directly. Everything after loading runs on ``device``.
 
     A longitudinal recipe also loads the baseline the same way and replaces the image by follow-up minus the
     registered baseline; at inference the registration's report is kept under ``registration``.
@@ -105,10 +127,8 @@ def preprocess(recipe: Recipe, with_label: bool = False, device: str | torch.dev
     keys = channels + baseline + ([LABEL] if with_label else [])
     companions = [*recipe.inputs[1:], *baseline]
     chain: list = [CompanionPathsd(companions)] if companions else []
-    chain += [
-        LoadImaged(keys=keys, reader="NibabelReader", dtype=np.float32),
-        EnsureChannelFirstd(keys=keys),
-    ]
+    loader = LoadImaged(keys=keys, reader="NibabelReader", dtype=np.float32) if with_label else CachedLoadImaged(keys)
+    chain += [loader, EnsureChannelFirstd(keys=keys)]
     if len(channels) > 1:
         chain += [ConcatItemsd(keys=channels, name=IMAGE), DeleteItemsd(keys=channels[1:])]
     spatial = [IMAGE] + ([LABEL] if with_label else [])
@@ -125,7 +145,8 @@ def preprocess(recipe: Recipe, with_label: bool = False, device: str | torch.dev
         )
     chain.append(ForegroundZScored(keys=[IMAGE, *baseline]))
     if baseline:
-        chain.append(SubtractRegisteredBaselined(IMAGE, BASELINE, report_key=None if with_label else "registration"))
+        subtract = SubtractRegisteredBaselined(IMAGE, BASELINE, report_key=None if with_label else "registration")
+        chain.append(WithSmallOpThreadsd(subtract))
     if with_label:
         chain.append(LesionMaskd(keys=LABEL, values=recipe.positive_values))
     return chain

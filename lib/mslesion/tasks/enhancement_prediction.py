@@ -40,7 +40,7 @@ from ..networks import lesion_unet
 from ..recipes import FLAIR_LESION
 from ..studies import FLAIR, T1, T1_POST, T2, StudyError, parse_image_id
 from ..transforms import IMAGE, preprocess
-from .segmentation import RestoreGeometryd, StatsFileTrainTask, integer_offset, paste, write_label
+from .segmentation import ReportsGpuPeak, RestoreGeometryd, StatsFileTrainTask, integer_offset, paste, write_label
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class EnhancingSlicesLabeld(MapTransform):
         return d
 
 
-class EnhancementPredictionInfer(BasicInferTask):
+class EnhancementPredictionInfer(ReportsGpuPeak, BasicInferTask):
     """Slice stack -> VGG16 slice scores -> participant net; answered as figures and a label on the FLAIR's grid."""
 
     def __init__(self, recipe: PredictionRecipe, paths: list[str], network: EnhancementPredictor,

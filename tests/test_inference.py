@@ -1,0 +1,84 @@
+"""Sliding-window sizing (windows laid over a study, window batch from free GPU memory) and the CPU defaults."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from monai.data.utils import dense_patch_slices
+from monai.inferers.utils import _get_scan_interval
+
+from mslesion.inference import (
+    BYTES_PER_VOXEL,
+    amp_sliding_window,
+    argmax_label,
+    sw_batch_size_for,
+    window_count,
+    window_roi,
+)
+from mslesion.recipes import FLAIR_LESION
+
+ROI = FLAIR_LESION.infer_roi
+WINDOW = BYTES_PER_VOXEL * math.prod(ROI)
+
+
+@pytest.mark.parametrize("shape", [(160, 192, 160), (150, 180, 150), (170, 200, 170), (197, 233, 189), (400, 192, 90)])
+def test_window_count_matches_monai_sliding_window(shape):
+    padded = [max(s, r) for s, r in zip(shape, ROI, strict=True)]  # MONAI pads a study smaller than the ROI
+    interval = _get_scan_interval(padded, ROI, 3, (FLAIR_LESION.sw_overlap,) * 3)
+    assert window_count(shape, ROI, FLAIR_LESION.sw_overlap) == len(dense_patch_slices(padded, ROI, interval))
+
+
+def test_sw_batch_size_fills_half_the_free_memory():
+    assert sw_batch_size_for(free_bytes=10 * WINDOW, roi=ROI, windows=8) == 5
+    assert sw_batch_size_for(free_bytes=int(2.5 * WINDOW), roi=ROI, windows=8) == 1
+
+
+def test_sw_batch_size_bounded_by_windows_cap_and_one():
+    assert sw_batch_size_for(free_bytes=1000 * WINDOW, roi=ROI, windows=3) == 3
+    assert sw_batch_size_for(free_bytes=1000 * WINDOW, roi=ROI, windows=100, cap=8) == 8
+    assert sw_batch_size_for(free_bytes=0, roi=ROI, windows=8) == 1
+    assert sw_batch_size_for(free_bytes=-5, roi=ROI, windows=8) == 1
+
+
+def test_cpu_keeps_the_recipe_window_batch():
+    inferer = amp_sliding_window(FLAIR_LESION, "cpu", (197, 233, 189))
+    assert inferer.sw_batch_size == FLAIR_LESION.sw_batch_size
+    assert amp_sliding_window(FLAIR_LESION).sw_batch_size == FLAIR_LESION.sw_batch_size
+
+
+def test_argmax_label_is_argmax():
+    logits = torch.randn(2, 6, 7, 5)
+    assert torch.equal(argmax_label(logits)[0], torch.argmax(logits, dim=0).to(torch.uint8))
+    assert argmax_label(logits).shape == (1, 6, 7, 5) and argmax_label(logits).dtype == torch.uint8
+
+
+def test_window_roi_covers_a_slightly_larger_study_in_one_window():
+    grown = window_roi((164, 192, 160), ROI)
+    assert grown == (176, 192, 160)
+    assert window_count((164, 192, 160), ROI, 0.25) == 2 and window_count((164, 192, 160), grown, 0.25) == 1
+    assert amp_sliding_window(FLAIR_LESION, "cpu", (164, 192, 160)).roi_size == grown
+
+
+def test_window_roi_keeps_the_recipe_roi_for_small_or_much_larger_studies():
+    assert window_roi((150, 180, 150), ROI) == ROI  # never shrinks
+    assert window_roi((320, 192, 160), ROI) == ROI  # two windows are cheaper than one twice the size
+    assert all(r % 16 == 0 for r in window_roi((161, 193, 170), ROI))
+
+
+def test_small_op_stages_run_with_one_thread_on_the_cpu_and_restore_the_count(monkeypatch):
+    from mslesion.threads import torch_threads
+    from mslesion.transforms import WithSmallOpThreadsd
+
+    before = torch.get_num_threads()
+    seen = []
+    step = WithSmallOpThreadsd(lambda d: seen.append(torch.get_num_threads()) or d)
+    monkeypatch.setenv("MSAPP_SMALL_OP_THREADS", "1")
+    step({"image": torch.zeros(1, 2, 2, 2)})
+    monkeypatch.setenv("MSAPP_SMALL_OP_THREADS", "0")  # 0: torch's own count
+    step({"image": torch.zeros(1, 2, 2, 2)})
+    assert seen == [1, before] and torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("restored even on error")
+    assert torch.get_num_threads() == before
