@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 class MSApp(MONAILabelApp):
     """Conf options (``--conf KEY VALUE``): models (comma list, default all), model_dir (where training
-    publishes, default <app>/model), <task>_weights (your own default weights), uncertainty_candidates."""
+    publishes, default <app>/model), <task>_weights (your own default weights), uncertainty_candidates; with
+    ``--studies http(s)://.../dicom-web``: sequence_patterns, dicomweb_cache (docs/ohif.md)."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
         self.model_dir = conf.get("model_dir") or os.path.join(app_dir, "model")
@@ -50,6 +51,10 @@ class MSApp(MONAILabelApp):
         )
 
     def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):  # a DICOMweb server (PACS, Orthanc): OHIF's path
+            from mslesion.dicom.datastore import open_datastore_from_conf
+
+            return open_datastore_from_conf(self.studies, self.conf, settings)
         return ValidatingDatastore(
             self.studies,
             extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,

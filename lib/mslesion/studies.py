@@ -161,6 +161,12 @@ def catalogue_of(store) -> Catalogue:
     return own if own is not None else BidsCatalogue(store)
 
 
+def _has(catalogue: Catalogue, image_id: str) -> bool:
+    """Whether the image exists; a remote catalogue may look again before saying no (a series just stored)."""
+    has = getattr(catalogue, "has", None)
+    return has(image_id) if has is not None else image_id in catalogue.image_ids()
+
+
 def _ref_of(catalogue: Catalogue, image_id: str) -> SequenceRef | None:
     lookup = getattr(catalogue, "ref", None)
     return lookup(image_id) if lookup is not None else catalogue.refs().get(image_id)
@@ -175,7 +181,7 @@ def resolve_sequences(
     message that says what is wrong and how to fix it.
     """
     catalogue = catalogue_of(store)
-    if image_id not in catalogue.image_ids():
+    if not _has(catalogue, image_id):
         raise StudyError(404, f"Image '{image_id}' is not in the datastore; list them with GET /datastore/.")
     ref = _ref_of(catalogue, image_id)
     if ref is None:
@@ -234,7 +240,7 @@ def resolve_baseline(
     if ref is None:  # resolve_sequences has already refused unnamed images; keep this function safe on its own
         raise StudyError(422, catalogue.unknown_sequence_message(image_id, task, FLAIR))
     if baseline_id:
-        if baseline_id not in catalogue.image_ids():
+        if not _has(catalogue, baseline_id):
             raise StudyError(
                 404, f"Baseline image '{baseline_id}' is not in the datastore; list them with GET /datastore/."
             )
