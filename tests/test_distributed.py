@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import requests
 import torch
 
 from mslesion import distributed, weights
@@ -109,3 +110,12 @@ def test_requested_world_size_follows_monai_label_conventions():
     assert distributed.requested_world_size({"multi_gpu": True}, cpu) == 1  # no GPUs, no explicit count
     assert distributed.requested_world_size({"multi_gpu": True, "world_size": 2}, cpu) == 2
     assert distributed.requested_world_size({"multi_gpu": "false", "world_size": 2}, cpu) == 1
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("params, named", [
+    ({"multi_gpu": "sometimes"}, "multi_gpu"), ({"world_size": -2}, "world_size"), ({"world_size": 1.5}, "world_size"),
+])
+def test_malformed_distributed_params_are_answered_422_before_training(server, params, named):
+    answer = requests.post(f"{server.url}/train/flair_lesion", json=params, timeout=30)
+    assert answer.status_code == 422 and named in answer.json()["detail"], answer.text

@@ -58,8 +58,9 @@ _current: World | None = None
 
 
 def current() -> World:
-    """This process's World as :func:`init_from_env` set it up (a lone CPU process before that)."""
-    return _current or World()
+    """This process's World as :func:`init_from_env` set it up; before that, a lone process on the GPU if there is
+    one."""
+    return _current or World(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def active() -> bool:

@@ -1,6 +1,7 @@
 """Produces the default weights in model/ from the project's own phantom cohorts (nothing is downloaded).
 
     python -m mslesion.pretrain flair_lesion|new_lesion|enhancement [--subjects 4] [--epochs 12] [--schedule cpu|paper]
+    torchrun --nproc_per_node=N -m mslesion.pretrain ...   (data parallel on N GPUs; docs/distributed.md)
 
 Each default is trained on non-MS pathology, as the transfer-learning method prescribes, with the best epoch
 picked on held-out studies of those same cohorts, then evaluated on MS phantoms it never saw:
@@ -25,7 +26,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from . import weights
+from . import distributed, weights
 from .evaluate import evaluate_on_cohort
 from .networks import lesion_unet
 from .phantoms import PhantomOptions, write_cohort
@@ -133,7 +134,8 @@ def pretrain(task: str, subjects: int, epochs: int | None, schedule: str, seed: 
     recipe = recipe if schedule == "paper" else for_cpu(recipe)
     if epochs:
         recipe = replace(recipe, epochs=epochs)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    world = distributed.current()  # under torchrun: this rank; every rank writes the same cohorts (same seeds)
+    device = world.device
     started = time.time()
     with tempfile.TemporaryDirectory(prefix=f"pretrain-{task}-") as tmp:
         root = Path(tmp)
@@ -151,6 +153,8 @@ def pretrain(task: str, subjects: int, epochs: int | None, schedule: str, seed: 
             network.load_state_dict(weights.transfer_state(weights.load_state(init_from), network.state_dict()))
         result = fit(recipe, network, train_items, val_items, device, lr=recipe.pretrain_lr, loss=loss,
                      progress=lambda u: print(json.dumps(u["history"][-1]), flush=True), seed=seed)
+        if not world.is_main:  # rank 0 evaluates, saves and writes the card
+            return {}
         network.load_state_dict(result.state)
         ms_items = cohort_items(root, "ms", eval_subjects, seed + 999, 1, recipe)
         ms_scores = evaluate_on_cohort(network, ms_items, recipe, device)
@@ -175,7 +179,9 @@ def pretrain(task: str, subjects: int, epochs: int | None, schedule: str, seed: 
         "file_kb": round(target.stat().st_size / 1024),
         "seconds": round(time.time() - started, 1),
         "patches_per_second": result.patches_per_second,
-        "machine": machine(),
+        "world_size": result.world_size,
+        "rank_steps": result.rank_steps,
+        "machine": machine() + (f", {result.world_size} processes" if result.world_size > 1 else ""),
         "generated": time.strftime("%Y-%m-%d"),
         "seed": seed,
         "resumed_from": Path(resume).name if resume else None,
@@ -201,8 +207,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="start from another task's weights (transfer; extra input channels start at zero)")
     args = parser.parse_args(argv)
     np.set_printoptions(precision=3)
-    card = pretrain(args.task, args.subjects, args.epochs, args.schedule, args.seed, args.out, args.eval_subjects,
-                    args.loss, args.resume, args.init_from)
+    distributed.init_from_env()
+    try:
+        card = pretrain(args.task, args.subjects, args.epochs, args.schedule, args.seed, args.out, args.eval_subjects,
+                        args.loss, args.resume, args.init_from)
+    finally:
+        distributed.teardown()
+    if not card:
+        return
     print(json.dumps({k: card[k] for k in ("task", "best_epoch", "validation", "evaluation_ms_phantoms", "seconds")},
                      indent=1))
 
