@@ -149,13 +149,18 @@ def requested_world_size(request: dict, device: torch.device) -> int:
     return max(1, int(explicit)) if explicit else 1
 
 
+def rank_logging(rank_: int, size: int) -> None:
+    """INFO logs of this process, each line naming its rank (the ranks of a node share one console)."""
+    logging.basicConfig(level=logging.INFO, force=True,
+                        format=f"[%(asctime)s][rank {rank_}/{size}][%(levelname)s](%(name)s) %(message)s")
+
+
 def _run_rank(local_rank: int, fn: Callable, size: int, port: int, result_dir: str, use_cuda: bool,
               args: tuple) -> None:
     """Body of each spawned process: torchrun's environment, the process group, ``fn``; rank 0 keeps the result."""
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(size),
                       LOCAL_WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    logging.basicConfig(level=logging.INFO, force=True,
-                        format=f"[%(asctime)s][rank {local_rank}/{size}][%(levelname)s](%(name)s) %(message)s")
+    rank_logging(local_rank, size)
     if not use_cuda:  # N CPU processes share the cores instead of each starting one thread per core
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
     init_from_env(use_cuda)

@@ -207,7 +207,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="start from another task's weights (transfer; extra input channels start at zero)")
     args = parser.parse_args(argv)
     np.set_printoptions(precision=3)
-    distributed.init_from_env()
+    world = distributed.init_from_env()
+    if world.distributed:
+        distributed.rank_logging(world.rank, world.world_size)
     try:
         card = pretrain(args.task, args.subjects, args.epochs, args.schedule, args.seed, args.out, args.eval_subjects,
                         args.loss, args.resume, args.init_from)
