@@ -9,7 +9,7 @@
 # latency_cpu.json (the same tasks with device=cpu on that machine), logs, and summary.txt.
 set -u
 OUT=${OUT:-/tmp/device-check}; mkdir -p "$OUT"
-STEP_S=${STEP_S:-200}   # per step; a step that runs over is killed and the next one runs
+STEP_S=${STEP_S:-160}   # per step; a step that runs over is killed and the next one runs
 RUNS=${RUNS:-10}
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
 
@@ -18,8 +18,9 @@ log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { log "wheel install failed"; exit 1; }
-  USER_SITE=$(python3 -c 'import site; print(site.getusersitepackages())'); mkdir -p "$USER_SITE"
-  echo 'import sys; sys.path.insert(0, "/tmp/site")' > "$USER_SITE/000-msapp-wheels.pth"
+  SITE_DIR=$(python3 -c 'import site; print(site.getusersitepackages() if site.ENABLE_USER_SITE else site.getsitepackages()[0])')
+  mkdir -p "$SITE_DIR" && echo 'import sys; sys.path.insert(0, "/tmp/site")' > "$SITE_DIR/000-msapp-wheels.pth" \
+    || { log "cannot write a .pth into $SITE_DIR"; exit 1; }
 fi
 export PYTHONPATH=lib:.
 python3 -c 'import monai, monailabel, nibabel, torch; print("monai", monai.__version__, "monailabel", monailabel.__version__, "torch", torch.__version__, "cuda", torch.cuda.is_available())' 2>&1 | tee -a "$OUT/summary.txt" || exit 1
@@ -27,19 +28,24 @@ nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv
 # the GPU path must not need SimpleITK or ITK at import time (the carried stand-ins raise on real use)
 python3 -c 'import mslesion.tasks, mslesion.registration, mslesion.inference, mslesion.studycache; print("mslesion imports: ok")' 2>&1 | tee -a "$OUT/summary.txt"
 
+PH=/tmp/msapp-phantoms; rm -rf "$PH"
+log "0. phantom studies (one MS subject, two sessions, four sequences), written once"
+timeout 120 python3 -m bench.latency --write-studies "$PH" > "$OUT/phantoms.log" 2>&1 || { log "phantoms failed"; exit 1; }
+
 log "1. GPU smoke: every task on cuda and on cpu, labels compared"
-timeout "$STEP_S" python3 -m bench.gpu_smoke --runs 3 --json "$OUT/gpu_smoke.json" --workdir "$OUT/smoke" \
+timeout "$STEP_S" python3 -m bench.gpu_smoke --runs 3 --studies "$PH/studies" --json "$OUT/gpu_smoke.json" --workdir "$OUT/smoke" \
   > "$OUT/gpu_smoke.log" 2>&1; echo "exit $?" | tee -a "$OUT/summary.txt"
 grep -E '^\S+: \{' "$OUT/gpu_smoke.log" | cut -c1-400 | tee -a "$OUT/summary.txt"
 
 log "2. bench.latency on CUDA ($RUNS runs) + fine-tuning throughput (paper schedule: 96^3 patches)"
-timeout "$STEP_S" python3 -m bench.latency --runs "$RUNS" --train-schedule paper --json "$OUT/latency_cuda.json" \
+timeout "$STEP_S" python3 -m bench.latency --runs "$RUNS" --train-schedule paper --studies "$PH/studies" --truth "$PH/truth" \
+  --json "$OUT/latency_cuda.json" \
   --workdir "$OUT/latency_cuda" > "$OUT/latency_cuda.log" 2>&1; echo "exit $?" | tee -a "$OUT/summary.txt"
 grep -E '^(flair_lesion|new_lesion|enhancement|enhancement_prediction|training):' "$OUT/latency_cuda.log" \
   | tee -a "$OUT/summary.txt"
 
 log "3. bench.latency with device=cpu on the same machine (3 runs, no training)"
-timeout "$STEP_S" python3 -m bench.latency --runs 3 --device cpu --no-train --json "$OUT/latency_cpu.json" \
+timeout "$STEP_S" python3 -m bench.latency --runs 3 --device cpu --no-train --studies "$PH/studies" --json "$OUT/latency_cpu.json" \
   --workdir "$OUT/latency_cpu" > "$OUT/latency_cpu.log" 2>&1; echo "exit $?" | tee -a "$OUT/summary.txt"
 grep -E '^(flair_lesion|new_lesion|enhancement|enhancement_prediction):' "$OUT/latency_cpu.log" \
   | tee -a "$OUT/summary.txt"

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import sys
 import time
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.latency import CASES, machine, working_directory, write_phantom_studies
+from bench.latency import CASES, infer, machine, working_directory, write_phantom_studies
 from mslesion.serverproc import ServerProcess
 
 # Dice between the CUDA and the CPU label that counts as the same answer. bf16 autocast moves a few voxels
@@ -44,13 +46,14 @@ def read_label(path: str) -> np.ndarray:
 
 def timed_infer(client, task: str, image: str, params: dict, runs: int) -> tuple[np.ndarray, dict, float]:
     """The label, params and median round trip of ``runs`` calls after a warm-up call."""
-    client.infer(task, image, params)
+    infer(client, task, image, params)
     seconds, label, answer = [], None, {}
     for _ in range(runs):
         started = time.perf_counter()
         path, answer = client.infer(task, image, params)
         seconds.append(time.perf_counter() - started)
         label = read_label(path)
+        os.remove(path)
     return label, answer, statistics.median(seconds)
 
 
@@ -91,9 +94,13 @@ def compare_task(client, task: str, runs: int) -> dict:
     return out
 
 
-def run(root: Path, tasks: list[str], runs: int) -> dict:
-    studies, truth = root / "studies", root / "truth"
-    write_phantom_studies(studies, truth, tasks, train=False)
+def run(root: Path, tasks: list[str], runs: int, studies: Path | None = None) -> dict:
+    if studies is None:
+        studies = root / "studies"
+        write_phantom_studies(studies, root / "truth", tasks, train=False)
+    else:  # the server writes its datastore index beside the images: serve a copy
+        shutil.copytree(studies, root / "studies")
+        studies = root / "studies"
     server = ServerProcess(studies, root / "model", root / "server.log",
                            env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
     report = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "runs": runs, "tasks": {}}
@@ -114,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--studies", type=Path, default=None, help="a copy of this folder instead of fresh phantoms")
     parser.add_argument("--workdir", type=Path, default=None, help="keep studies and server log here")
     args = parser.parse_args(argv)
     import torch
@@ -122,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device: nothing to compare (this check needs a GPU)")
         return 2
     with working_directory(args.workdir, "gpu-smoke-") as root:
-        report = run(root, args.tasks, args.runs)
+        report = run(root, args.tasks, args.runs, args.studies)
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")

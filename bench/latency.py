@@ -98,10 +98,18 @@ def write_phantom_studies(studies: Path, truth: Path, tasks: list[str], train: b
                  options=PhantomOptions(sequences=sequences))
 
 
+def infer(client, task: str, image: str, params: dict) -> dict:
+    """One infer call; the label file the client saved is removed (only the answer's params are kept)."""
+    path, answer = client.infer(task, image, params)
+    if isinstance(path, str) and os.path.isfile(path):
+        os.remove(path)
+    return answer
+
+
 def time_task(client, server: ServerProcess, case: TaskCase, runs: int, device: str | None) -> dict:
     """Round trip and stage timings of ``runs`` calls of one task, after a warm-up call."""
     params = dict(case.params, **({"device": device} if device else {}))
-    client.infer(case.task, case.image, params)  # warm-up: loads the network (and CUDA)
+    infer(client, case.task, case.image, params)  # warm-up: loads the network (and CUDA)
     reset = reset_peak_memory(server.process.pid)
     totals: list[float] = []
     stages: dict[str, list[float]] = {k: [] for k in STAGES}
@@ -110,7 +118,7 @@ def time_task(client, server: ServerProcess, case: TaskCase, runs: int, device: 
     answered_device = None
     for _ in range(runs):
         started = time.perf_counter()
-        _, answer = client.infer(case.task, case.image, params)
+        answer = infer(client, case.task, case.image, params)
         totals.append(time.perf_counter() - started)
         for key in STAGES:
             stages[key].append(float(answer["latencies"][key]))
@@ -260,6 +268,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-patches", type=int, default=None, help="patches_per_study (default: the schedule's)")
     parser.add_argument("--studies", type=Path, default=None,
                         help="serve a copy of this folder (images named as in CASES) instead of fresh phantoms")
+    parser.add_argument("--truth", type=Path, default=None,
+                        help="with --studies: the FLAIR labels to save before the fine-tuning run (else no training)")
+    parser.add_argument("--write-studies", type=Path, metavar="DIR",
+                        help="only write the phantom studies (DIR/studies, DIR/truth) for later --studies/--truth runs")
     parser.add_argument("--conf", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                         help="server --conf option, e.g. --conf models flair_lesion")
     parser.add_argument("--env", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
@@ -273,10 +285,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.write_studies:
+        write_phantom_studies(args.write_studies / "studies", args.write_studies / "truth", list(CASES), train=True)
+        return
     with working_directory(args.workdir, "bench-latency-") as root:
         report = run_benchmark(root, args.tasks, args.runs, device=args.device, train=not args.no_train,
                                schedule=args.train_schedule, epochs=args.train_epochs,
-                               patches_per_study=args.train_patches, studies=args.studies, conf=dict(args.conf),
+                               patches_per_study=args.train_patches, studies=args.studies, truth=args.truth,
+                               conf=dict(args.conf),
                                env=dict(args.env))
     print(json.dumps(report, indent=1))
     if args.json:

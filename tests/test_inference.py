@@ -58,7 +58,8 @@ def test_window_roi_covers_a_slightly_larger_study_in_one_window():
     grown = window_roi((164, 192, 160), ROI)
     assert grown == (176, 192, 160)
     assert window_count((164, 192, 160), ROI, 0.25) == 2 and window_count((164, 192, 160), grown, 0.25) == 1
-    assert amp_sliding_window(FLAIR_LESION, "cpu", (164, 192, 160)).roi_size == grown
+    assert amp_sliding_window(FLAIR_LESION, "cpu", (164, 192, 160), grow_window=True).roi_size == grown
+    assert tuple(amp_sliding_window(FLAIR_LESION, "cpu", (164, 192, 160)).roi_size) == ROI  # evaluation keeps it
 
 
 def test_window_roi_keeps_the_recipe_roi_for_small_or_much_larger_studies():

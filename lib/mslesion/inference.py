@@ -83,12 +83,13 @@ class AmpSlidingWindowInferer(SlidingWindowInferer):
 
 
 def amp_sliding_window(recipe: Recipe, device: torch.device | str | None = None,
-                       image_shape: Sequence[int] | None = None) -> AmpSlidingWindowInferer:
-    """The recipe's sliding window under AMP. Given the study's spatial ``image_shape``, the ROI may grow to cover it
-    in one window (``window_roi``), and on a CUDA ``device`` the window batch comes from the free GPU memory."""
+                       image_shape: Sequence[int] | None = None, grow_window: bool = False) -> AmpSlidingWindowInferer:
+    """The recipe's sliding window under AMP. Given the study's spatial ``image_shape``: with ``grow_window`` the ROI
+    grows to cover it in one window (``window_roi``; the server's tasks), and on a CUDA ``device`` the window batch
+    comes from the free GPU memory."""
     roi, sw_batch = tuple(recipe.infer_roi), recipe.sw_batch_size
     if image_shape is not None:
-        roi = window_roi(image_shape, roi)
+        roi = window_roi(image_shape, roi) if grow_window else roi
         if device is not None and torch.device(device).type == "cuda":
             windows = window_count(image_shape, roi, recipe.sw_overlap)
             sw_batch = sw_batch_size_for(free_device_memory(device), roi, windows)
@@ -96,10 +97,16 @@ def amp_sliding_window(recipe: Recipe, device: torch.device | str | None = None,
 
 
 @torch.no_grad()
-def predict_logits(network: torch.nn.Module, image: torch.Tensor, recipe: Recipe) -> torch.Tensor:
-    """Logits (2, ...) of one preprocessed study (C, ...), on the study's device."""
+def predict_logits(network: torch.nn.Module, image: torch.Tensor, recipe: Recipe,
+                   grow_window: bool = False) -> torch.Tensor:
+    """Logits (2, ...) of one preprocessed study (C, ...), on the study's device.
+
+    Evaluation and training validation keep the recipe's ROI (``grow_window=False``): their measured floors were
+    set with it. With trained weights the grown window scored the same lesion-wise F1 (0.405 on 3 held-out
+    phantoms) and Dice 0.346 against 0.325."""
     network.eval()
-    return amp_sliding_window(recipe, image.device, image.shape[1:])(image[None], network)[0]
+    inferer = amp_sliding_window(recipe, image.device, image.shape[1:], grow_window=grow_window)
+    return inferer(image[None], network)[0]
 
 
 def argmax_label(logits: torch.Tensor) -> torch.Tensor:
