@@ -25,6 +25,13 @@ serve: venv demo
 	PYTHONPATH=lib $(PY) -m monailabel.main start_server --app apps/msapp --studies $(DEMO) \
 		--host $(HOST) --port $(PORT) $(CONF)
 
+# OHIF: a local Orthanc (Debian packages orthanc, orthanc-dicomweb) with the demo studies, msapp on DICOMweb;
+# open http://$(HOST):$(PORT)/ohif/ (docs/ohif.md)
+ORTHANC_PORT ?= 8042
+serve-ohif: venv demo
+	PYTHONPATH=lib $(PY) -m mslesion.dicom.serve --studies $(DEMO) --orthanc demo/orthanc --orthanc-port $(ORTHANC_PORT) \
+		--host $(HOST) --port $(PORT) -- $(CONF)
+
 test: venv
 	PYTHONPATH=lib $(PY) -m pytest $(PYTEST_ARGS)
 

@@ -16,9 +16,6 @@ from mslesion.serverproc import ServerProcess, free_port
 
 pytestmark = pytest.mark.skipif(bool(missing_programs()), reason=f"Orthanc not installed: {missing_programs()}")
 
-MODELS = "flair_lesion,new_lesion,enhancement_prediction"
-
-
 @pytest.fixture(scope="module")
 def orthanc():
     from mslesion.dicom.fixtures import shared_orthanc
@@ -34,13 +31,10 @@ def phantoms(orthanc):
 
 
 @pytest.fixture(scope="module")
-def dicom_server(orthanc, phantoms, tmp_path_factory):
-    work = tmp_path_factory.mktemp("dicom-server")
-    srv = ServerProcess(orthanc.dicomweb, work / "model", work / "server.log",
-                        conf={"models": MODELS, "dicomweb_cache": work / "cache"},
-                        env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
-    yield srv
-    srv.stop()
+def dicom_server(orthanc, phantoms):
+    from mslesion.dicom.fixtures import shared_server
+
+    return shared_server()
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +181,18 @@ def test_an_unreachable_pacs_stops_the_server_at_start_up_with_a_clear_error(tmp
         ServerProcess(dead, tmp_path / "model", tmp_path / "server.log", conf={"models": "flair_lesion",
                                                                                 "dicomweb_cache": tmp_path / "c"})
     assert f"cannot reach the DICOMweb server {dead}" in str(failed.value)
+
+
+def test_a_pacs_that_stops_answering_is_a_503_naming_it(tmp_path):
+    from mslesion.dicom.datastore import open_datastore
+    from mslesion.dicom.orthanc import OrthancProcess
+    from mslesion.studies import StudyError, resolve_sequences
+
+    with OrthancProcess(tmp_path / "orthanc") as orthanc:
+        store = open_datastore(orthanc.dicomweb, tmp_path / "cache")
+        assert store.list_images() == []
+    store.catalogue.invalidate()
+    for call in (store.list_images, lambda: resolve_sequences(store, "1.2.3", "flair_lesion", "FLAIR")):
+        with pytest.raises(StudyError) as refused:
+            call()
+        assert refused.value.status == 503 and orthanc.dicomweb in refused.value.message

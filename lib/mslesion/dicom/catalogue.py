@@ -20,7 +20,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ..studies import FLAIR, T1, T1_POST, T2, SequenceRef, parse_image_id
+import requests
+
+from ..studies import FLAIR, T1, T1_POST, T2, SequenceRef, StudyError, parse_image_id
 
 _NOT_ALNUM = r"(?<![a-z0-9])"  # token start: "t1_mprage" and "AX T1" both hold the token t1
 
@@ -68,6 +70,14 @@ def match_sequence(description: str, patterns: dict[str, list[str]]) -> str | No
         if any(re.search(p, text, re.IGNORECASE) for p in patterns.get(sequence, ())):
             return sequence
     return None
+
+
+def unreachable(url: str, error: Exception) -> StudyError:
+    return StudyError(
+        503,
+        f"The DICOMweb server {url} did not answer ({type(error).__name__}: {error}). Check that it runs and that "
+        "--studies names its DICOMweb root (Orthanc: http://host:8042/dicom-web).",
+    )
 
 
 def _token(value: str, fallback: str) -> str:
@@ -128,7 +138,10 @@ class SeriesCatalogue:
     def series(self) -> dict[str, SeriesInfo]:
         with self._lock:
             if time.monotonic() - self._read_at > self.ttl:
-                found = self.client.search_for_series(search_filters=self.search_filter, fields=self.FIELDS)
+                try:
+                    found = self.client.search_for_series(search_filters=self.search_filter, fields=self.FIELDS)
+                except requests.RequestException as error:
+                    raise unreachable(self.url, error) from error
                 series = {}
                 for entry in found:
                     info = SeriesInfo(

@@ -31,19 +31,11 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 from ..datastore import ValidatingDatastore
 from ..studies import StudyError
-from .catalogue import SeriesCatalogue
+from .catalogue import SeriesCatalogue, unreachable
 from .seg import label_to_seg, lps_affine, referenced_series, seg_to_label, segment_names, write_label_nifti
 from .series import retrieve_instances, series_to_nifti
 
 logger = logging.getLogger(__name__)
-
-
-def unreachable(url: str, error: Exception) -> StudyError:
-    return StudyError(
-        503,
-        f"The DICOMweb server {url} did not answer ({type(error).__name__}: {error}). Check that it runs and that "
-        "--studies names its DICOMweb root (Orthanc: http://host:8042/dicom-web).",
-    )
 
 
 def _remote(method):
@@ -249,10 +241,9 @@ def open_datastore(url: str, cache_dir: str | os.PathLike, patterns: dict | None
     catalogue = SeriesCatalogue(client, patterns, search_filter, url=url)
     try:
         series = catalogue.series()
-    except requests.RequestException as error:
+    except StudyError as error:
         raise RuntimeError(
-            f"msapp cannot reach the DICOMweb server {url}: {type(error).__name__}: {error}. Start it (make serve-ohif "
-            "starts a local Orthanc) or fix --studies."
+            f"msapp cannot reach the DICOMweb server {url}: {error.message} (make serve-ohif starts a local Orthanc)"
         ) from error
     logger.info("DICOMweb %s: %d series, %d with a known sequence", url, len(series), len(catalogue.refs()))
     return DicomWebDatastore(client, catalogue, cache_dir)

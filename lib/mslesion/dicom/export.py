@@ -214,7 +214,11 @@ def dicomweb_client(url: str, auth: tuple | None = None, timeout: float = 60):
         return original(method, url, **kwargs)
 
     session.request = request
-    return DICOMwebClient(url=url, session=session)
+    client = DICOMwebClient(url=url, session=session)
+    # dicomweb-client retries every failure, a refused connection included, 5 times with 2..16 s back-off (30 s per
+    # call): keep a short retry for a busy server, and answer "unreachable" within a second
+    client.set_http_retry_params(retry=True, max_attempts=3, wait_exponential_multiplier=100)
+    return client
 
 
 def upload(client, datasets: list[Dataset], batch: int = 64) -> str:

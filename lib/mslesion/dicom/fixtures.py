@@ -63,3 +63,26 @@ def shared_phantoms() -> DicomPhantoms:
         series = upload_folder(root / "studies", orthanc.dicomweb, orthanc.auth)
         _shared["phantoms"] = DicomPhantoms(root, series)
     return _shared["phantoms"]
+
+
+SERVER_MODELS = "flair_lesion,new_lesion,enhancement_prediction"
+
+
+def shared_server():
+    """The msapp server on the shared Orthanc (after the phantoms are uploaded), with its own model dir and cache."""
+    if "server" not in _shared:
+        from ..serverproc import ServerProcess
+
+        orthanc, _ = shared_orthanc(), shared_phantoms()
+        work = Path(tempfile.mkdtemp(prefix="msapp-dicom-server-"))
+        server = ServerProcess(orthanc.dicomweb, work / "model", work / "server.log",
+                               conf={"models": SERVER_MODELS, "dicomweb_cache": work / "cache"},
+                               env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
+        _shared["server"] = server
+
+        def stop():
+            server.stop()
+            shutil.rmtree(work, ignore_errors=True)
+
+        atexit.register(stop)
+    return _shared["server"]

@@ -84,7 +84,7 @@ class OrthancProcess:
                 f"Orthanc with DICOMweb is not installed ({', '.join(missing)} missing): "
                 f"apt-get install {DEBIAN_PACKAGES}"
             )
-        self.folder = Path(folder)
+        self.folder = Path(folder).resolve()  # Orthanc reads relative paths from its own working directory
         self.http_port = http_port or free_port()
         self.dicom_port = dicom_port or free_port()
         self.config, self.credentials = write_config(self.folder, self.http_port, self.dicom_port, remote)
