@@ -226,6 +226,9 @@ def build_router(msapp) -> APIRouter:  # noqa: C901 - one closure per route, kep
             msapp.check_trainable(model)  # the 404 that lists the trainers
         check_train_params(params or {}, trainer_defaults(model))
         msapp.check_trainable(model)
+        check_request = getattr(msapp._trainers[model], "check_request", None)
+        if check_request:  # e.g. more training processes than visible GPUs: 422 now, not a failed run later
+            check_request({**trainer_defaults(model), **(params or {})})
         if not enqueue:
             refuse_second_training()
         return stock_train.run_model(model, params, run_sync, enqueue)

@@ -84,6 +84,20 @@ def patch_loader(patch_set: Dataset, recipe: Recipe, device: torch.device) -> Da
                       persistent_workers=True, prefetch_factor=4)
 
 
+def patch_batches(batch: dict, batch_size: int, device: torch.device):
+    """Optimizer steps of ``batch_size`` patches from one loaded batch of studies.
+
+    The loader collates every patch cropped from its ``batch_size`` studies (``patches_per_study`` each) into one
+    tensor; stepping on all of them at once would make one optimizer step of 64 (CPU schedule) or 240 (paper
+    schedule, 96^3) patches: a handful of steps per epoch, and more GPU memory than a step needs. The patches are
+    shuffled across the loaded studies and cut into steps of ``batch_size``. Every rank of a process group loads
+    equal shares, so all take the same number of steps."""
+    images, labels = batch[IMAGE], batch[LABEL]
+    order = torch.randperm(images.shape[0])
+    for chunk in order.split(max(1, batch_size)):
+        yield images[chunk].to(device, non_blocking=True), labels[chunk].to(device, non_blocking=True)
+
+
 def combine_scores(parts: list[dict]) -> dict:
     """Validation scores of the ranks' shares as one: counts summed, per-study means weighted by study count."""
     parts = [p for p in parts if p]
@@ -153,17 +167,16 @@ def fit(
         for step, batch in enumerate(loader):
             if step >= steps_per_epoch:
                 break
-            images = batch[IMAGE].to(device, non_blocking=True)
-            labels = batch[LABEL].to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                value = criterion(model(images), labels)
-            scaler.scale(value).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(float(value.detach()))
-            patches += images.shape[0]
-            steps += 1
+            for images, labels in patch_batches(batch, recipe.batch_size, device):
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    value = criterion(model(images), labels)
+                scaler.scale(value).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(float(value.detach()))
+                patches += images.shape[0]
+                steps += 1
         train_seconds += time.time() - epoch_start
         # the bare network, not the DDP wrapper: ranks validate different numbers of studies without collectives
         metrics = combine_scores(distributed.gather(score_studies(network, val_studies, recipe)))
