@@ -83,3 +83,26 @@ def test_a_study_opens_in_the_viewer_with_its_series_and_pixels(server, phantoms
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     viewport = pixels[100:750, 300:1350]  # right of the study browser, below the toolbar
     assert viewport.std() > 5 and (viewport > 60).mean() > 0.001  # an image is drawn, not an empty black pane
+
+
+def test_monai_label_mode_shows_the_panel_and_a_stored_label(server, phantoms):
+    """OHIF's MONAI Label mode on a study whose FLAIR has a DICOM SEG (written by msapp's SEG writer)."""
+    import nibabel as nib
+
+    from mslesion.dicom.export import dicomweb_client, to_lps
+    from mslesion.dicom.fixtures import shared_orthanc
+    from mslesion.dicom.seg import label_to_seg, segment_names
+    from mslesion.dicom.series import retrieve_instances
+
+    orthanc = shared_orthanc()
+    client = dicomweb_client(orthanc.dicomweb, orthanc.auth)
+    series = phantoms.series["sub-02_ses-01_FLAIR"]
+    data, affine = to_lps(nib.load(phantoms.truth / "sub-02_ses-01_FLAIR.nii.gz"))
+    sources = retrieve_instances(client, series)
+    seg = label_to_seg(np.asarray(data), affine, sources, segment_names("FLAIR", np.unique(data).tolist()),
+                       description="MS lesions (browser test)")
+    client.store_instances([seg])
+    url = f"{server.url}/ohif/monai-label?StudyInstanceUIDs={sources[0].StudyInstanceUID}"
+    dom, _ = visit(url, "ohif-monai-label.png")
+    assert "MONAI Label" in dom  # the panel that runs the server's models
+    assert "AX FLAIR" in dom and "MS lesions (browser test)" in dom  # the SEG is listed with the study's series
