@@ -196,3 +196,25 @@ def test_a_pacs_that_stops_answering_is_a_503_naming_it(tmp_path):
         with pytest.raises(StudyError) as refused:
             call()
         assert refused.value.status == 503 and orthanc.dicomweb in refused.value.message
+
+
+def test_a_raw_label_from_ohif_is_saved_as_a_seg_on_the_right_voxels(orthanc, phantoms, tmp_path):
+    """OHIF's MONAI Label panel saves 'label.bin': uint8 voxels, columns fastest, in the series' own order."""
+    from mslesion.dicom.datastore import open_datastore
+
+    image_id = "sub-02_ses-01_FLAIR"
+    series = phantoms.series[image_id]
+    store = open_datastore(orthanc.dicomweb, tmp_path / "cache", auth=orthanc.auth)
+    server_image = nib.load(store.get_image_uri(series))
+    corrected = truth_on_server_grid(phantoms, image_id, server_image)
+    raw = tmp_path / "label.bin"
+    corrected.flatten(order="F").tofile(raw)
+    store.save_label(series, str(raw), "final", {})
+    (raw.parent / "short.bin").write_bytes(b"\0" * 100)
+    with pytest.raises(Exception) as short:
+        store.save_label(series, str(raw.parent / "short.bin"), "final", {})
+    assert "422" in str(short.value) and "voxels" in str(short.value)
+
+    fresh = open_datastore(orthanc.dicomweb, tmp_path / "fresh", auth=orthanc.auth)
+    (entry,) = [e for e in fresh.datalist() if Path(e["image"]).name.startswith("sub-MSPHANTOM02_")]
+    assert np.array_equal(np.asanyarray(nib.load(entry["label"]).dataobj), corrected)

@@ -134,6 +134,10 @@ class DicomWebDatastore(ValidatingDatastore):
             raise StudyError(404, f"Series '{image_id}' is not on {self.url}; a label needs its image first.")
         self.get_image_uri(series_uid)
         cache_id = self._cache_id(series_uid)
+        if label_filename.endswith(".bin"):  # OHIF's MONAI Label panel sends raw voxels in the series' order
+            with tempfile.TemporaryDirectory(prefix="msapp-bin-") as folder:
+                nifti = self.bin_to_nifti(cache_id, label_filename, Path(folder) / "label.nii.gz")
+                return self.save_label(series_uid, str(nifti), label_tag, label_info)
         self.check_label(cache_id, label_filename, label_tag)
         info = dict(label_info or {})
         if label_tag == DefaultLabelTag.FINAL.value:
@@ -148,6 +152,20 @@ class DicomWebDatastore(ValidatingDatastore):
             logger.info("stored label of %s as DICOM SEG %s on %s", series_uid, seg.SeriesInstanceUID, self.url)
         super().save_label(cache_id, label_filename, label_tag, info)
         return series_uid
+
+    def bin_to_nifti(self, cache_id: str, label_filename: str, dest: Path) -> Path:
+        """A raw uint8 label (one byte per voxel, columns fastest, then rows, then slices: the order OHIF's volume
+        and the cached NIfTI share) as a NIfTI on the cached image's grid; a 422 when its size does not fit."""
+        image = nib.load(super().get_image_uri(cache_id))
+        shape = tuple(int(n) for n in image.shape[:3])
+        size = os.path.getsize(label_filename)
+        if size != int(np.prod(shape)):
+            raise StudyError(
+                422, f"The raw label has {size} bytes; series {cache_id} has {'x'.join(map(str, shape))} = "
+                f"{int(np.prod(shape))} voxels (one uint8 byte each).",
+            )
+        label = np.fromfile(label_filename, dtype=np.uint8).reshape(shape, order="F")
+        return write_label_nifti(label, image, dest)
 
     def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
         series_uid = self.catalogue.resolve(label_id)
