@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -83,3 +84,25 @@ def test_small_op_stages_run_with_one_thread_on_the_cpu_and_restore_the_count(mo
     with pytest.raises(RuntimeError), torch_threads(1):
         raise RuntimeError("restored even on error")
     assert torch.get_num_threads() == before
+
+
+def test_cpu_thread_policy_is_set_once_and_can_be_overridden(monkeypatch):
+    from mslesion import threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(threads, "_applied", False)
+        monkeypatch.setenv("MSAPP_CPU_THREADS", "1")
+        threads.apply_cpu_thread_policy()
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("MSAPP_CPU_THREADS", "2")
+        threads.apply_cpu_thread_policy()  # already applied: a second infer task does not change it
+        assert torch.get_num_threads() == 1
+        monkeypatch.setattr(threads, "_applied", False)
+        monkeypatch.setenv("MSAPP_CPU_THREADS", "0")  # 0 leaves torch's own count
+        threads.apply_cpu_thread_policy()
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("MSAPP_CPU_THREADS")
+        assert threads.cpu_threads() == max(1, (os.cpu_count() or 2) // 2)
+    finally:
+        torch.set_num_threads(before)

@@ -35,6 +35,7 @@ from ..networks import lesion_unet
 from ..recipes import Recipe, for_cpu
 from ..report import lesion_report
 from ..studies import BASELINE, StudyError, earlier_session, parse_image_id
+from ..threads import apply_cpu_thread_policy
 from ..training import fit
 from ..transforms import IMAGE, preprocess
 
@@ -135,11 +136,16 @@ def write_label(label: np.ndarray, affine: np.ndarray, compresslevel: int = 1) -
 
 
 class ReportsGpuPeak:
-    """Infer task mixin: the answer of a request run on CUDA carries the peak GPU memory it took (``gpu_peak_mb``).
+    """Infer task mixin: the server's CPU thread policy (set once, see mslesion.threads), and on CUDA the answer
+    carries the peak GPU memory the request took (``gpu_peak_mb``).
 
     The peak is the process's, reset when the request starts: nested calls (``skip_writer``, e.g. new_lesion's
     include_all_lesions) leave it alone, and concurrent requests on one GPU share it.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        apply_cpu_thread_policy()
 
     def __call__(self, request, callbacks=None):
         device = torch.device(name_to_device(request.get("device", "cuda")))
