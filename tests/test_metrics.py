@@ -82,3 +82,18 @@ def test_empty_cases():
 def test_shape_mismatch_is_an_error(truth):
     with pytest.raises(ValueError, match="shapes differ"):
         lesion_scores(truth, truth[:-1])
+
+
+def test_small_lesions_are_dropped_and_the_rest_keep_their_values():
+    from mslesion.metrics import without_small_lesions
+
+    label = np.zeros((12, 12, 12), dtype=np.uint8)
+    label[1:4, 1:4, 1:4] = 2          # 27 voxels: kept, value kept
+    label[8, 8, 8:10] = 2             # 2 voxels: dropped
+    label[6, 1:5, 6] = 1              # 4 voxels: dropped at min 5, kept at min 4
+    kept = without_small_lesions(label, 5)
+    assert kept[2, 2, 2] == 2 and kept[8, 8, 8] == 0 and kept[6, 2, 6] == 0
+    assert int((kept > 0).sum()) == 27
+    assert int((without_small_lesions(label, 4) > 0).sum()) == 31
+    assert np.array_equal(without_small_lesions(label, 1), label)
+    assert not without_small_lesions(np.zeros((4, 4, 4), np.uint8), 3).any()

@@ -4,21 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import lesion_components
-
-
-def _crop_to_lesions(label: np.ndarray, values: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """The bounding box of the lesion voxels and its corner: labelling a whole brain is 10x slower than a box."""
-    nonzero = label > 0
-    if not nonzero.any():
-        return label[:0, :0, :0], np.zeros(3)
-    corner, upper = [], []
-    for axis in range(3):
-        hits = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != axis)))
-        corner.append(hits[0])
-        upper.append(hits[-1] + 1)
-    box = tuple(slice(a, b) for a, b in zip(corner, upper, strict=True))
-    return label[box], np.asarray(corner, dtype=float)
+from .metrics import crop_to_mask, lesion_components
 
 
 def lesion_report(label: np.ndarray, affine: np.ndarray, min_voxels: int = 1, values: tuple[int, ...] = (1, 2)) -> dict:
@@ -27,7 +13,7 @@ def lesion_report(label: np.ndarray, affine: np.ndarray, min_voxels: int = 1, va
     ``values`` are the label values counted as lesion (1 = lesion, 2 = new lesion by the project's convention);
     each lesion's ``new`` flag says whether any of its voxels is a new-lesion voxel.
     """
-    label, offset = _crop_to_lesions(np.asarray(label), values)
+    label, offset = crop_to_mask(np.asarray(label))
     mask = np.isin(label, values)
     components, count = lesion_components(mask, min_voxels)
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0

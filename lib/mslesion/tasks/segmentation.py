@@ -31,6 +31,7 @@ from monailabel.utils.others.generic import name_to_device, strtobool
 from .. import distributed, weights
 from ..datastore import atomic_write_text
 from ..inference import amp_sliding_window, argmax_label, gpu_peak_mb, reset_gpu_peak
+from ..metrics import without_small_lesions
 from ..networks import lesion_unet
 from ..recipes import Recipe, for_cpu
 from ..report import lesion_report
@@ -43,17 +44,26 @@ logger = logging.getLogger(__name__)
 
 
 class LesionLabeld(MapTransform):
-    """Logits to a label holding ``value`` on predicted lesion voxels (0 elsewhere), keeping the geometry."""
+    """Logits to a label holding ``value`` on predicted lesion voxels (0 elsewhere), keeping the geometry.
 
-    def __init__(self, keys, value: int):
+    Predicted lesions smaller than ``min_voxels`` (or the request's ``min_lesion_voxels``) are dropped: the label
+    answered is the one the report counts and the one lesion-wise metrics score."""
+
+    def __init__(self, keys, value: int, min_voxels: int = 1):
         super().__init__(keys)
         self.value = value
+        self.min_voxels = min_voxels
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
+        min_voxels = int(d.get("min_lesion_voxels", self.min_voxels))
         for key in self.key_iterator(d):
             logits = d[key]
-            label = argmax_label(logits) * self.value
+            label = argmax_label(logits)
+            if min_voxels > 1:
+                kept = without_small_lesions(label[0].cpu().numpy(), min_voxels)
+                label = torch.as_tensor(kept, device=label.device)[None]
+            label = label * self.value
             d[key] = MetaTensor(label, affine=logits.affine) if isinstance(logits, MetaTensor) else label
         return d
 
@@ -195,7 +205,10 @@ class LesionSegmentationInfer(ReportsGpuPeak, BasicInferTask):
         return None
 
     def post_transforms(self, data=None):
-        return [LesionLabeld(keys="pred", value=self.recipe.output_value), RestoreGeometryd(keys="pred")]
+        return [
+            LesionLabeld(keys="pred", value=self.recipe.output_value, min_voxels=self.recipe.min_lesion_voxels),
+            RestoreGeometryd(keys="pred"),
+        ]
 
     def answered_label(self, data: dict) -> np.ndarray:
         """The label to answer, on the opened image's grid (a subclass may merge in more)."""
