@@ -38,6 +38,14 @@ from .series import retrieve_instances, series_to_nifti
 logger = logging.getLogger(__name__)
 
 
+_FRAME_TAGS = ("00080016", "00080018", "0020000E", "00200032")  # SOP class, SOP instance, series, position
+
+
+def _no_bulk_data(tag, vr, uri) -> bytes:
+    """Metadata only: pixel data (a bulk data URI in WADO-RS metadata) is not fetched."""
+    return b""
+
+
 def _remote(method):
     """Network errors of a datastore call become a 503 that names the server (a StudyError reaches the client)."""
 
@@ -124,8 +132,15 @@ class DicomWebDatastore(ValidatingDatastore):
     # -- labels -------------------------------------------------------------------------------------------------
 
     def _sources(self, series_uid: str) -> list[pydicom.Dataset]:
+        """The series' instances without their pixels (WADO-RS metadata): what a SEG references."""
         info = self.catalogue.series()[series_uid]
-        return [pydicom.Dataset(ds) for ds in retrieve_instances(self.client, series_uid, info.study_uid)]
+        metadata = self.client.retrieve_series_metadata(info.study_uid, series_uid)
+        if not metadata:
+            raise StudyError(404, f"Series {series_uid} has no instances on {self.url}.")
+        # the first in full (patient, study, frame of reference); of the others what a frame reference needs
+        # (pydicom's from_json costs ~9 ms per full instance: 1.7 s for a 190-slice series)
+        first = pydicom.Dataset.from_json(metadata[0], bulk_data_uri_handler=_no_bulk_data)
+        return [first] + [pydicom.Dataset.from_json({k: m[k] for k in _FRAME_TAGS if k in m}) for m in metadata[1:]]
 
     @_remote
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
@@ -144,8 +159,9 @@ class DicomWebDatastore(ValidatingDatastore):
             image = nib.load(super().get_image_uri(cache_id))
             label = np.asanyarray(nib.load(label_filename).dataobj).astype(np.uint8)
             ref = self.catalogue.ref(series_uid)
+            present = np.flatnonzero(np.bincount(label.ravel())).tolist()  # np.unique sorts 9 M voxels: 0.3 s
             seg = label_to_seg(label, lps_affine(image), self._sources(series_uid),
-                               segment_names(ref.suffix if ref else None, np.unique(label).tolist()))
+                               segment_names(ref.suffix if ref else None, present))
             self.client.store_instances([seg])
             self._seg_refs[str(seg.SeriesInstanceUID)] = series_uid
             info.update(SegSeriesInstanceUID=str(seg.SeriesInstanceUID), SeriesInstanceUID=series_uid)
@@ -183,7 +199,8 @@ class DicomWebDatastore(ValidatingDatastore):
             study_uid = entry["0020000D"]["Value"][0]
             if seg_uid not in self._seg_refs:
                 metadata = self.client.retrieve_series_metadata(study_uid, seg_uid)
-                first = pydicom.Dataset.from_json(metadata[0]) if metadata else None
+                first = pydicom.Dataset.from_json(metadata[0], bulk_data_uri_handler=_no_bulk_data) if metadata \
+                    else None
                 self._seg_refs[seg_uid] = referenced_series(first) if first is not None else None
             target = self._seg_refs[seg_uid]
             if target not in listed:
