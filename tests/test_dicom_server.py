@@ -174,6 +174,14 @@ def test_saved_label_becomes_a_dicom_seg_of_its_series_and_is_pulled_again(clien
     assert np.array_equal(np.asanyarray(pulled.dataobj), corrected)
     np.testing.assert_allclose(pulled.affine, server_image.affine, atol=1e-3)
 
+    # and training uses it: flair_lesion's trainer lists it among its labelled studies
+    from mslesion.tasks import TASKS
+
+    config = TASKS["flair_lesion"]()
+    config.init("flair_lesion", str(tmp_path / "model"), {}, None)
+    items = config.trainer().labelled_studies(fresh)
+    assert entry["label"] in [item["label"] for item in items]
+
 
 def test_an_unreachable_pacs_stops_the_server_at_start_up_with_a_clear_error(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}/dicom-web"

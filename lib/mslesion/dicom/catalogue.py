@@ -197,11 +197,11 @@ class SeriesCatalogue:
         return ref.image_id if ref is not None else None
 
     def resolve(self, image_id: str) -> str | None:
-        """A series UID from a series UID or a BIDS alias."""
-        if self.has(image_id):
-            return image_id
+        """A series UID from a series UID or a BIDS alias (what the cache and the training code call it)."""
         alias = parse_image_id(image_id)
-        return self.image_of(alias) if alias is not None else None
+        if alias is not None:
+            return self.image_of(alias)
+        return image_id if self.has(image_id) else None
 
     def image_uri(self, image_id: str) -> str:
         raise NotImplementedError("the datastore fetches images; use DicomWebDatastore.catalogue")
