@@ -70,3 +70,22 @@ def test_remote_orthanc_requires_the_generated_credentials(tmp_path):
         assert remote.credentials and len(remote.credentials[1]) >= 20
         assert requests.get(f"{remote.dicomweb}/studies", timeout=10).status_code == 401
         assert requests.get(f"{remote.dicomweb}/studies", auth=remote.credentials, timeout=10).status_code == 200
+
+
+def test_dicom_port_refuses_a_store_from_an_unknown_peer(orthanc, phantoms):
+    """Orthanc cannot bind its DICOM port to loopback, so msapp's config refuses C-STORE from peers it does not know."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import MRImageStorage
+
+    from mslesion.dicom.export import series_datasets
+
+    image = nib.load(phantoms.studies / "sub-02_ses-01_T1w.nii.gz")
+    intruder = series_datasets(image, "99", "01", "T1w", namespace="intruder")[0]
+    ae = AE(ae_title="INTRUDER")
+    ae.add_requested_context(MRImageStorage, intruder.file_meta.TransferSyntaxUID)
+    association = ae.associate("127.0.0.1", orthanc.dicom_port, ae_title="MSAPP")
+    if association.is_established:
+        status = association.send_c_store(intruder)
+        association.release()
+        assert "Status" not in status or status.Status != 0x0000  # refused, or the association dropped
+    assert qido(orthanc, "studies", PatientID="MSPHANTOM-99") == []

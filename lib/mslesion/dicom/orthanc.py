@@ -2,8 +2,10 @@
 
 Used by the tests (a session fixture), by ``make serve-ohif`` and by ``python -m mslesion.dicom.orthanc``.
 Storage lives in a folder of the caller's choice; HTTP and DICOM ports are free ports picked at start.
-Bound to loopback only (``RemoteAccessAllowed: false``) by default; when asked to accept remote connections
-authentication is switched on with a generated password (Orthanc's default would be an open server).
+HTTP accepts loopback clients only (``RemoteAccessAllowed: false``) by default; when asked to accept remote
+connections, authentication is switched on with a generated password (Orthanc's default would be an open server).
+The DICOM port (Orthanc cannot bind it to loopback) refuses store/find/get/move from peers it does not know, and
+it knows none.
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ def write_config(folder: Path, http_port: int, dicom_port: int, remote: bool = F
         "AuthenticationEnabled": bool(remote),
         "RegisteredUsers": {credentials[0]: credentials[1]} if credentials else {},
         "DicomModalities": {},
+        # Orthanc 1.10 cannot bind its DICOM port to loopback: refuse every DICOM request from unregistered peers
+        # (msapp talks DICOMweb only); C-ECHO stays allowed for connectivity checks
+        "DicomCheckCalledAet": True,
+        "DicomAlwaysAllowStore": False,
+        "DicomAlwaysAllowFind": False,
+        "DicomAlwaysAllowFindWorklist": False,
+        "DicomAlwaysAllowGet": False,
+        "DicomAlwaysAllowMove": False,
         "OrthancPeers": {},
         "HttpsVerifyPeers": True,
         "StorageCompression": False,
