@@ -156,7 +156,7 @@ def time_training(client, server: ServerProcess, truth: Path, schedule: str, dev
     if device:
         params["device"] = device
     started = time.perf_counter()
-    client.train_start("flair_lesion", params)
+    client.train_start("flair_lesion", dict(params))  # the client adds its own keys to the dict it gets
     status = server.wait_for_training()
     seconds = time.perf_counter() - started
     stats = client.info().get("train_stats", {}).get("flair_lesion", {})
