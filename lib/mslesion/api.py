@@ -350,7 +350,9 @@ def build_router(msapp) -> APIRouter:  # noqa: C901 - one closure per route, kep
         known_image(image)
         if user is not None:
             info["user"] = _username(user)
-        with received(label, "label", "label") as path:
+        # OHIF's MONAI Label panel sends raw voxels as 'label.bin': taken where the datastore can place them
+        raw = (".bin",) if callable(getattr(store(), "bin_to_nifti", None)) else ()
+        with received(label, "label", "label", also=raw) as path:
             label_id = store().save_label(image, path, tag, info)
         answer = msapp.on_save_label(image, label_id) or {}
         answer.update({"image": image, "label": label_id})
@@ -525,12 +527,24 @@ def build_router(msapp) -> APIRouter:  # noqa: C901 - one closure per route, kep
             raise StudyError(
                 404, "This server's studies are a local folder; there is no DICOMweb server behind /proxy/dicom/."
             )
-        from monailabel.endpoints import proxy as stock_proxy
+        from starlette.concurrency import run_in_threadpool
+
+        from .dicom import proxy
 
         op, _, rest = path.partition("/")
-        if op in ("wado", "qido", "stow"):
+        if op not in ("wado", "qido", "stow"):
+            op, rest = "", path
+        if "googleapis.com" in settings.MONAI_LABEL_STUDIES:  # Google's token refresh: stock MONAI Label's proxy
+            from monailabel.endpoints import proxy as stock_proxy
+
             return await stock_proxy.proxy_dicom(request, op, rest)
-        return await stock_proxy.proxy_dicom(request, "", path)
+        user_name, password = settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD
+        body = await request.body() if request.method == "POST" else None
+        return await run_in_threadpool(
+            proxy.forward, settings.MONAI_LABEL_STUDIES, proxy.pacs_path(settings, op, rest), request.method,
+            request.url.query, dict(request.headers), body, (user_name, password) if user_name and password else None,
+            float(getattr(store(), "timeout", 30.0)),
+        )
 
     @router.get("/logs/gpu", include_in_schema=False)
     def api_gpu_info(user: User = Depends(RBAC(ADMIN))):

@@ -20,7 +20,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.utils.others.generic import name_to_device
 
 from .inference import amp_sliding_window
-from .studies import FLAIR, parse_image_id
+from .studies import FLAIR, catalogue_of
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +28,13 @@ FLIPS = ((), (2,), (3,), (4,))  # identity, then a mirror along each spatial axi
 
 
 def unlabelled_images(datastore: Datastore, sequence: str = FLAIR) -> list[str]:
-    """Ids of images of ``sequence`` that have no final label yet, in name order."""
-    ids = datastore.get_unlabeled_images(DefaultLabelTag.FINAL.value)
-    return sorted(i for i in ids if (ref := parse_image_id(i)) is not None and ref.suffix == sequence)
+    """Ids of images of ``sequence`` that have no final label yet, in id order.
+
+    The sequence comes from the datastore's catalogue: BIDS names for a folder, SeriesDescription patterns for a
+    DICOMweb server (whose ids are SeriesInstanceUIDs)."""
+    ids = set(datastore.get_unlabeled_images(DefaultLabelTag.FINAL.value))
+    refs = catalogue_of(datastore).refs()
+    return sorted(i for i in ids if (ref := refs.get(i)) is not None and ref.suffix == sequence)
 
 
 @torch.no_grad()

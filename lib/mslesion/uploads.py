@@ -51,12 +51,14 @@ def parse_params(params: str | None) -> dict:
 
 
 @contextmanager
-def received(upload: UploadFile | None, what: str, field: str, suffix: str | None = None) -> Iterator[str]:
+def received(upload: UploadFile | None, what: str, field: str, suffix: str | None = None,
+             also: tuple[str, ...] = ()) -> Iterator[str]:
     """The upload written to a private temp file named with its extension (a NIfTI one unless ``suffix`` is
-    given); removed when the block ends."""
+    given, or one of ``also`` when its name ends so); removed when the block ends."""
     if upload is None or isinstance(upload, str):
         raise StudyError(422, f"The request has no {what}: send it as the multipart form file field '{field}'.")
-    ext = suffix or nifti_extension(upload.filename or "")
+    name = (upload.filename or "").lower()
+    ext = suffix or next((e for e in also if name.endswith(e)), None) or nifti_extension(upload.filename or "")
     fd, path = tempfile.mkstemp(dir=upload_dir(), suffix=ext)
     try:
         written = 0
@@ -92,7 +94,8 @@ def check_session_id(session_id: str) -> str:
 _DEVICE = re.compile(r"^(cpu|cuda(:\d{1,2})?)$")
 _LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 FLAG_KEYS = ("force_baseline", "include_all_lesions", "skip_writer", "save_label")
-# Slicer sends result_extension/result_dtype with every infer (ignored: answers are uint8 .nii.gz): allowed.
+# Slicer and OHIF send result_extension/result_dtype/result_compress with every infer: the answer is uint8 in the
+# asked format (mslesion.answers); an unknown result_extension is refused before the model runs.
 RESERVED_INFER_KEYS = ("image", "model", "label", "session", "sequences", "file")
 
 
@@ -133,6 +136,10 @@ def check_infer_params(params: dict, defaults: dict) -> None:
             )
     if "device" in params:
         check_device(params["device"])
+    if "result_extension" in params:
+        from .answers import answer_extension
+
+        answer_extension(params["result_extension"])
     if "logging" in params and str(params["logging"]).upper() not in _LEVELS:
         raise StudyError(422, f"params logging {params['logging']!r} is not a level: one of {sorted(_LEVELS)}.")
     for key in FLAG_KEYS:

@@ -281,7 +281,9 @@ def open_datastore(url: str, cache_dir: str | os.PathLike, patterns: dict | None
             f"msapp cannot reach the DICOMweb server {url}: {error.message} (make serve-ohif starts a local Orthanc)"
         ) from error
     logger.info("DICOMweb %s: %d series, %d with a known sequence", url, len(series), len(catalogue.refs()))
-    return DicomWebDatastore(client, catalogue, cache_dir)
+    store = DicomWebDatastore(client, catalogue, cache_dir)
+    store.timeout = timeout  # also the OHIF proxy's (mslesion.dicom.proxy)
+    return store
 
 
 def open_datastore_from_conf(url: str, conf: dict, settings) -> DicomWebDatastore:

@@ -241,7 +241,7 @@ class EnhancementPredictionInfer(ReportsGpuPeak, BasicInferTask):
     def writer(self, data: dict, extension=None, dtype=None):
         label = np.asarray(data["pred"][0].cpu()).astype(np.uint8)
         affine = np.asarray(data[IMAGE].meta["original_affine"], dtype=np.float64)
-        path = write_label(label, affine)
+        path = write_label(label, affine, data)
         weights_path = self.get_path()
         result = {
             "task": self.recipe.task,

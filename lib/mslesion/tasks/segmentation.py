@@ -6,7 +6,6 @@ InferTask and TrainTask they all use.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -16,7 +15,6 @@ from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
@@ -29,6 +27,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.generic import name_to_device, strtobool
 
 from .. import distributed, weights
+from ..answers import write_answer
 from ..datastore import atomic_write_text
 from ..inference import amp_sliding_window, argmax_label, gpu_peak_mb, reset_gpu_peak
 from ..metrics import without_small_lesions
@@ -131,18 +130,10 @@ def results_dir() -> str:
     return _RESULTS_DIR
 
 
-def write_label(label: np.ndarray, affine: np.ndarray, compresslevel: int = 1) -> str:
-    """uint8 NIfTI in a temp file; a low gzip level because writing, not size, dominated the probe's latency.
-
-    gzip level 1 and 3 take the same time here (~40 KB for a whole-brain label), level 6 twice as long for ~9 KB;
-    the array goes in Fortran order, NIfTI's own, so nibabel writes it in one piece instead of slice by slice."""
-    image = nib.Nifti1Image(np.asfortranarray(label, dtype=np.uint8), affine)
-    image.header.set_qform(affine, code=1)
-    image.header.set_sform(affine, code=1)
-    fd, path = tempfile.mkstemp(suffix=".nii.gz", prefix="label-", dir=results_dir())
-    with os.fdopen(fd, "wb") as out:
-        out.write(gzip.compress(image.to_bytes(), compresslevel=compresslevel))
-    return path
+def write_label(label: np.ndarray, affine: np.ndarray, request: dict | None = None) -> str:
+    """The answered uint8 label in a temp file of results_dir(), in the format the request asks for
+    (``result_extension``: .nii.gz by default, .nii, or .nrrd for OHIF; see mslesion.answers)."""
+    return write_answer(label, affine, results_dir(), request)
 
 
 class ReportsGpuPeak:
@@ -221,7 +212,7 @@ class LesionSegmentationInfer(ReportsGpuPeak, BasicInferTask):
     def writer(self, data: dict, extension=None, dtype=None):
         label = self.answered_label(data)
         affine = np.asarray(data[IMAGE].meta["original_affine"], dtype=np.float64)
-        path = write_label(label, affine)
+        path = write_label(label, affine, data)
         min_voxels = int(data.get("min_lesion_voxels", self.recipe.min_lesion_voxels))
         weights_path = self.get_path()
         result = {
