@@ -15,7 +15,7 @@ from monailabel.config import settings  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.utils.others.generic import strtobool  # noqa: E402
 
-from mslesion import __version__, api  # noqa: E402
+from mslesion import __version__, api, studycache  # noqa: E402
 from mslesion.datastore import ValidatingDatastore  # noqa: E402
 from mslesion.strategies import FirstStrategy, FlipUncertaintyScoring, RandomStrategy, UncertaintyStrategy  # noqa: E402
 from mslesion.studies import BASELINE, StudyError, resolve_baseline, resolve_sequences  # noqa: E402
@@ -26,11 +26,13 @@ logger = logging.getLogger(__name__)
 
 class MSApp(MONAILabelApp):
     """Conf options (``--conf KEY VALUE``): models (comma list, default all), model_dir (where training
-    publishes, default <app>/model), <task>_weights (your own default weights), uncertainty_candidates; with
+    publishes, default <app>/model), <task>_weights (your own default weights), uncertainty_candidates,
+    study_cache_mb (decoded studies kept between requests, default 512, 0 = off); with
     ``--studies http(s)://.../dicom-web``: sequence_patterns, dicomweb_cache (docs/ohif.md)."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
         self.model_dir = conf.get("model_dir") or os.path.join(app_dir, "model")
+        studycache.configure(conf.get("study_cache_mb"))  # decoded studies kept between requests (0: none)
         wanted = [m.strip() for m in conf.get("models", "all").split(",") if m.strip()]
         unknown = [m for m in wanted if m != "all" and m not in TASKS]
         if unknown:
