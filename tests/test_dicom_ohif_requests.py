@@ -120,7 +120,8 @@ def test_ohif_save_sends_label_bin_that_lands_in_orthanc_as_a_seg(dicom_client, 
     from mslesion.dicom.datastore import open_datastore
 
     series = phantoms.series["sub-02_ses-01_FLAIR"]
-    grid = nib.load(dicom_client.infer("flair_lesion", series, {})[0])  # the series' grid as OHIF holds it
+    fresh = open_datastore(orthanc.dicomweb, tmp_path / "fresh", auth=orthanc.auth)  # another msapp's cache
+    grid = nib.load(fresh.get_image_uri(series))  # the series' grid, in the voxel order OHIF holds it
     truth = nib.load(str(phantoms.truth / "sub-02_ses-01_FLAIR.nii.gz"))
     transform = nib.orientations.ornt_transform(nib.io_orientation(truth.affine), nib.io_orientation(grid.affine))
     moved = truth.as_reoriented(transform)
@@ -142,8 +143,7 @@ def test_ohif_save_sends_label_bin_that_lands_in_orthanc_as_a_seg(dicom_client, 
                          files={"label": ("label.bin", b"\0" * 100, "application/octet-stream")}, timeout=60)
     assert short.status_code == 422 and "100 bytes" in short.text
 
-    # a fresh datastore pulls the newest SEG of the series: the voxels sent
-    fresh = open_datastore(orthanc.dicomweb, tmp_path / "fresh", auth=orthanc.auth)
+    # the other datastore pulls the newest SEG of the series: the voxels sent
     assert fresh.final_segs()[series] in new
     fresh.pull_label(series, fresh.final_segs()[series])
     pulled = nib.load(fresh.get_label_uri(series, "final"))
