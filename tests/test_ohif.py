@@ -106,3 +106,125 @@ def test_monai_label_mode_shows_the_panel_and_a_stored_label(server, phantoms):
     dom, _ = visit(url, "ohif-monai-label.png")
     assert "MONAI Label" in dom  # the panel that runs the server's models
     assert "AX FLAIR" in dom and "MS lesions (browser test)" in dom  # the SEG is listed with the study's series
+
+
+CHROMEDRIVER = shutil.which("chromedriver")
+ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C WebDriver key of an element reference
+
+
+class WebDriver:
+    """Headless chromium driven over the W3C WebDriver protocol (Debian's chromedriver), with plain requests."""
+
+    def __init__(self, profile: str):
+        from mslesion.serverproc import free_port
+
+        port = free_port()
+        self.process = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        self.base = f"http://127.0.0.1:{port}"
+        self.wait_for(lambda: self._up(), "chromedriver to start")
+        options = {"binary": CHROMIUM, "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                                "--window-size=1400,900", f"--user-data-dir={profile}"]}
+        caps = {"browserName": "chrome", "goog:chromeOptions": options, "goog:loggingPrefs": {"browser": "ALL"}}
+        answer = requests.post(f"{self.base}/session", json={"capabilities": {"alwaysMatch": caps}}, timeout=120)
+        self.session = f"{self.base}/session/{answer.json()['value']['sessionId']}"
+
+    def _up(self) -> bool:
+        try:
+            return requests.get(f"{self.base}/status", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def call(self, method: str, path: str, body: dict | None = None):
+        answer = requests.request(method, self.session + path, json=body, timeout=300).json()
+        return answer["value"]
+
+    def open(self, url: str) -> None:
+        self.call("POST", "/url", {"url": url})
+
+    def script(self, code: str, *args):
+        return self.call("POST", "/execute/sync", {"script": code, "args": list(args)})
+
+    def elements(self, xpath: str) -> list[str]:
+        return [e[ELEMENT] for e in self.call("POST", "/elements", {"using": "xpath", "value": xpath})]
+
+    def click(self, element: str, times: int = 1) -> None:
+        clicks = [{"type": "pointerDown", "button": 0}, {"type": "pointerUp", "button": 0}] * times
+        self.call("POST", "/actions", {"actions": [{"type": "pointer", "id": "mouse", "parameters": {
+            "pointerType": "mouse"}, "actions": [{"type": "pointerMove", "origin": {ELEMENT: element}, "x": 0,
+                                                  "y": 0}, *clicks]}]})
+
+    def screenshot(self, path: Path) -> None:
+        import base64
+
+        path.write_bytes(base64.b64decode(self.call("GET", "/screenshot")))
+
+    def console(self) -> list[str]:
+        return [entry["message"] for entry in self.call("POST", "/se/log", {"type": "browser"})]
+
+    @staticmethod
+    def wait_for(condition, what: str, tries: int = 240):
+        """Poll every half second: the page's scripts load studies and run models at their own pace."""
+        import time
+
+        for _ in range(tries):
+            value = condition()
+            if value:
+                return value
+            time.sleep(0.5)
+        raise AssertionError(f"waited in vain for {what}")
+
+    def quit(self) -> None:
+        try:
+            requests.delete(self.session, timeout=30)
+        finally:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@pytest.mark.skipif(CHROMEDRIVER is None, reason="chromedriver is not installed (apt-get install chromium-driver)")
+def test_run_in_the_monai_label_panel_fills_the_labelmap_with_the_servers_answer(server, phantoms, tmp_path):
+    """Click Run (flair_lesion) in OHIF's MONAI Label panel on a FLAIR series: the panel asks for NRRD, and its
+    labelmap then holds exactly the lesion voxels of the server's NIfTI answer (same voxels, same order)."""
+    import nibabel as nib
+    from monailabel.client import MONAILabelClient
+
+    from mslesion.dicom.fixtures import shared_orthanc
+
+    orthanc = shared_orthanc()
+    series = phantoms.series["sub-01_ses-02_FLAIR"]
+    study = requests.get(f"{orthanc.dicomweb}/series", params={"SeriesInstanceUID": series}, auth=orthanc.auth,
+                         timeout=30).json()[0]["0020000D"]["Value"][0]
+    answer, params = MONAILabelClient(server.url, tmpdir=str(tmp_path)).infer("flair_lesion", series, {})
+    expected = np.flatnonzero(np.asanyarray(nib.load(answer).dataobj).ravel(order="F"))
+    assert params["lesions"]["count"] > 0 and expected.size > 0  # something to see
+
+    browser = WebDriver(str(tmp_path / "profile"))
+    try:
+        browser.open(f"{server.url}/info/")  # the panel's server URL is a cookie (default: this host, port 8000)
+        browser.script("document.cookie = 'MONAILABEL_SERVER_URL=' + escape(arguments[0]) + '; path=/'",
+                       f"{server.url}/")
+        browser.open(f"{server.url}/ohif/monai-label?StudyInstanceUIDs={study}")
+        (thumbnail,) = browser.wait_for(lambda: browser.elements("//*[text()='AX FLAIR']"), "the FLAIR thumbnail")
+        browser.click(thumbnail, times=2)  # show the FLAIR in the viewports
+        browser.wait_for(lambda: browser.script("return document.body.innerText").count("AX FLAIR") >= 4,
+                         "the FLAIR in the three viewports")
+        (connect,) = browser.elements("//input[@id='monailabelServerURL']/ancestor::tr[1]//button")
+        browser.click(connect)
+        run = browser.wait_for(lambda: browser.elements("//button[text()='Run']"), "the panel's Run buttons")[0]
+        assert browser.script("return document.querySelector('select.selectBox').value") == "flair_lesion"
+        browser.click(run)
+        count_lesion_voxels = """
+            const volume = window.services.segmentationService.getLabelmapVolume('1');
+            if (!volume) return null;
+            const data = volume.voxelManager.getCompleteScalarDataArray(), found = [];
+            for (let i = 0; i < data.length; i++) if (data[i]) found.push(i);
+            return found.length ? found : null;"""
+        shown = browser.wait_for(lambda: browser.script(count_lesion_voxels), "the answer in the labelmap")
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.screenshot(ARTIFACTS / "ohif-monai-label-run.png")
+        console = browser.console()
+    finally:
+        browser.quit()
+    assert not [line for line in console if "Failed to Run" in line]
+    assert np.array_equal(np.asarray(shown), expected)
