@@ -49,3 +49,20 @@ def client(server):
     from monailabel.client import MONAILabelClient
 
     return MONAILabelClient(server.url)
+
+
+# -- DICOMweb: one real Orthanc and one phantom cohort in it per test process (mslesion.dicom.fixtures) --------------
+
+
+@pytest.fixture(scope="session")
+def orthanc():
+    from mslesion.dicom.fixtures import shared_orthanc
+
+    return shared_orthanc()
+
+
+@pytest.fixture(scope="session")
+def phantoms(orthanc):
+    from mslesion.dicom.fixtures import shared_phantoms
+
+    return shared_phantoms()

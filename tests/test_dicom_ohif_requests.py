@@ -23,20 +23,6 @@ OHIF_INFER = {"result_extension": ".nrrd", "result_dtype": "uint8", "result_comp
 
 
 @pytest.fixture(scope="module")
-def orthanc():
-    from mslesion.dicom.fixtures import shared_orthanc
-
-    return shared_orthanc()
-
-
-@pytest.fixture(scope="module")
-def phantoms(orthanc):
-    from mslesion.dicom.fixtures import shared_phantoms
-
-    return shared_phantoms()
-
-
-@pytest.fixture(scope="module")
 def dicom_client(orthanc, phantoms, tmp_path_factory):
     from mslesion.dicom.fixtures import shared_server
 

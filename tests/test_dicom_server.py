@@ -17,20 +17,6 @@ from mslesion.serverproc import ServerProcess, free_port
 pytestmark = pytest.mark.skipif(bool(missing_programs()), reason=f"Orthanc not installed: {missing_programs()}")
 
 @pytest.fixture(scope="module")
-def orthanc():
-    from mslesion.dicom.fixtures import shared_orthanc
-
-    return shared_orthanc()
-
-
-@pytest.fixture(scope="module")
-def phantoms(orthanc):
-    from mslesion.dicom.fixtures import shared_phantoms
-
-    return shared_phantoms()
-
-
-@pytest.fixture(scope="module")
 def dicom_server(orthanc, phantoms):
     from mslesion.dicom.fixtures import shared_server
 

@@ -25,13 +25,6 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def phantoms():
-    from mslesion.dicom.fixtures import shared_phantoms
-
-    return shared_phantoms()
-
-
-@pytest.fixture(scope="module")
 def server(phantoms):
     from mslesion.dicom.fixtures import shared_server
 

@@ -12,20 +12,6 @@ from mslesion.dicom.orthanc import OrthancProcess, missing_programs, write_confi
 pytestmark = pytest.mark.skipif(bool(missing_programs()), reason=f"Orthanc not installed: {missing_programs()}")
 
 
-@pytest.fixture(scope="module")
-def orthanc():
-    from mslesion.dicom.fixtures import shared_orthanc
-
-    return shared_orthanc()
-
-
-@pytest.fixture(scope="module")
-def phantoms(orthanc):
-    from mslesion.dicom.fixtures import shared_phantoms
-
-    return shared_phantoms()
-
-
 def qido(orthanc, path, **params):
     answer = requests.get(f"{orthanc.dicomweb}/{path}", params=params, auth=orthanc.auth, timeout=30)
     answer.raise_for_status()
