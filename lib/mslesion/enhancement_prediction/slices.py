@@ -29,6 +29,7 @@ from scipy import ndimage
 
 from ..foreground import head_foreground
 from ..studies import T1, T2
+from ..studycache import CachedLoadImaged
 from ..transforms import IMAGE, CompanionPathsd, ForegroundZScored, LesionMaskd
 from .recipe import PredictionRecipe
 
@@ -191,15 +192,24 @@ class SliceStackd(MapTransform):
 
 
 def load_study(recipe: PredictionRecipe, with_lesion: bool, with_truth: bool = False,
-               device: str | torch.device = "cpu") -> list:
+               device: str | torch.device = "cpu", cached: bool = False) -> list:
     """Load FLAIR (``image``), T1w and T2w (paths under the request's ``sequences`` if not given), and optionally the
-    FLAIR label (``lesion``) and post-contrast label (``enhancing``); all on the FLAIR's RAS 1 mm grid; z-score."""
+    FLAIR label (``lesion``) and post-contrast label (``enhancing``); all on the FLAIR's RAS 1 mm grid; z-score.
+
+    ``cached`` (the server): the three images come through the shared cache of decoded studies, so the FLAIR that
+    flair_lesion's mask step (or an earlier request) decoded is not decoded again. Offline extraction of many
+    studies reads them plainly instead of churning the cache."""
     images = [IMAGE, T1, T2]
     labels = ([LESION] if with_lesion else []) + ([ENHANCING] if with_truth else [])
     keys = images + labels
+    if cached:
+        loading = [CachedLoadImaged(keys=images)]
+        loading += [LoadImaged(keys=labels, reader="NibabelReader", dtype=np.float32)] if labels else []
+    else:
+        loading = [LoadImaged(keys=keys, reader="NibabelReader", dtype=np.float32)]
     chain: list = [
         CompanionPathsd((T1, T2)),
-        LoadImaged(keys=keys, reader="NibabelReader", dtype=np.float32),
+        *loading,
         EnsureChannelFirstd(keys=keys),
         EnsureTyped(keys=keys, device=device, track_meta=True),
         Orientationd(keys=IMAGE, axcodes="RAS"),

@@ -223,7 +223,7 @@ class EnhancementPredictionInfer(ReportsGpuPeak, BasicInferTask):
                 "(Slicer: Submit Label) or use lesion_mask='auto'.",
             )
         chain: list = [_SetItemd(LESION, saved)] if saved else []
-        chain += load_study(self.recipe, with_lesion=bool(saved))
+        chain += load_study(self.recipe, with_lesion=bool(saved), cached=True)
         if not saved:
             chain.append(PredictedLesionMaskd(self.segmenter))
         chain += [_SetItemd("lesion_mask_source", SAVED_LABEL if saved else PREDICTED)]
