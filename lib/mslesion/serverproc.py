@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -18,6 +21,37 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_answering(process: subprocess.Popen, probe: Callable[[], bool], timeout: float, log: Path, name: str,
+                         error: type[Exception] = RuntimeError, on_timeout: Callable[[], None] | None = None) -> None:
+    """Wait for a started service until ``probe()`` says it answers; ``error`` with the log's tail if the process
+    exits first or ``timeout`` passes (then ``on_timeout``, e.g. stopping it, runs first)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise error(f"{name} exited at start-up: {log.read_text()[-3000:]}")
+        try:
+            if probe():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    if on_timeout:
+        on_timeout()
+    raise error(f"{name} did not answer in {timeout} s: {log.read_text()[-3000:]}")
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM to a process started with ``start_new_session`` and everything it started; SIGKILL after 20 s."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=20)
 
 
 class ServerProcess:
@@ -39,20 +73,19 @@ class ServerProcess:
         )
         self._wait_until_up(timeout)
 
+    @classmethod
+    def on_a_copy(cls, studies: Path, work: Path, **kwargs) -> ServerProcess:
+        """The server on a copy of ``studies`` in ``work/studies`` (the server writes its index and labels into its
+        studies folder), with ``work/model`` and ``work/server.log``; ``kwargs`` as for the constructor."""
+        shutil.copytree(studies, Path(work) / "studies")
+        return cls(Path(work) / "studies", Path(work) / "model", Path(work) / "server.log", **kwargs)
+
+    def _answers(self) -> bool:
+        # 401 is an answer too: a server with auth enabled refuses anonymous requests
+        return requests.get(f"{self.url}/info/", timeout=2).status_code in (200, 401)
+
     def _wait_until_up(self, timeout: float) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
-            try:
-                # 401 is an answer too: a server with auth enabled refuses anonymous requests
-                if requests.get(f"{self.url}/info/", timeout=2).status_code in (200, 401):
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"server did not answer in {timeout} s: {self.log.read_text()[-3000:]}")
+        wait_until_answering(self.process, self._answers, timeout, self.log, "server", on_timeout=self.stop)
 
     def peak_memory_mb(self) -> float:
         """Peak resident memory (VmHWM) of the server process, in MB."""
@@ -77,11 +110,4 @@ class ServerProcess:
             self.process.wait(timeout=20)
 
     def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, 15)
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, 9)
-            self.process.wait(timeout=20)
+        stop_process_group(self.process)

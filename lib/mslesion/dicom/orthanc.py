@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from ..serverproc import free_port
+from ..serverproc import free_port, stop_process_group, wait_until_answering
 
 ORTHANC = os.environ.get("MSAPP_ORTHANC", "/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = os.environ.get("MSAPP_ORTHANC_DICOMWEB", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -111,30 +110,15 @@ class OrthancProcess:
     def auth(self) -> tuple | None:
         return self.credentials
 
+    def _answers(self) -> bool:
+        return requests.get(f"{self.dicomweb}/studies", auth=self.auth, timeout=2).status_code == 200
+
     def _wait_until_up(self, timeout: float) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise OrthancUnavailable(f"Orthanc exited at start-up: {self.log.read_text()[-2000:]}")
-            try:
-                answer = requests.get(f"{self.dicomweb}/studies", auth=self.auth, timeout=2)
-                if answer.status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise OrthancUnavailable(f"Orthanc did not answer in {timeout} s: {self.log.read_text()[-2000:]}")
+        wait_until_answering(self.process, self._answers, timeout, self.log, "Orthanc", error=OrthancUnavailable,
+                             on_timeout=self.stop)
 
     def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=20)
+        stop_process_group(self.process)
 
     def __enter__(self) -> OrthancProcess:
         return self
