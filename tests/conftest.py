@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import pytest
@@ -36,10 +35,8 @@ def phantom_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(phantom_root, tmp_path_factory):
     """The real msapp server on a copy of the phantom datastore, on a free loopback port."""
-    work = tmp_path_factory.mktemp("server")
-    studies = work / "studies"
-    shutil.copytree(phantom_root / "studies", studies)
-    srv = ServerProcess(studies, work / "model", work / "server.log", env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
+    srv = ServerProcess.on_a_copy(phantom_root / "studies", tmp_path_factory.mktemp("server"),
+                                  env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
     yield srv
     srv.stop()
 

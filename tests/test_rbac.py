@@ -77,15 +77,13 @@ def issuer(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(issuer, phantom_root, tmp_path_factory):
-    work = tmp_path_factory.mktemp("rbac")
-    shutil.copytree(phantom_root / "studies", work / "studies")
     env = {
         "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
         "MONAI_LABEL_AUTH_ENABLE": "true",
         "MONAI_LABEL_AUTH_REALM_URI": issuer["realm"],
         "MONAI_LABEL_AUTH_CLIENT_ID": "monailabel-app",
     }
-    srv = ServerProcess(work / "studies", work / "model", work / "server.log", env=env)
+    srv = ServerProcess.on_a_copy(phantom_root / "studies", tmp_path_factory.mktemp("rbac"), env=env)
     yield srv
     srv.stop()
 

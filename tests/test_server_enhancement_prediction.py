@@ -3,8 +3,6 @@ without a saved FLAIR label, and the refusals a user meets (missing T2w, too few
 
 from __future__ import annotations
 
-import shutil
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -36,10 +34,8 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(root, tmp_path_factory):
-    work = tmp_path_factory.mktemp("enhancement-prediction-server")
-    shutil.copytree(root / "studies", work / "studies")
-    srv = ServerProcess(work / "studies", work / "model", work / "server.log",
-                        env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
+    srv = ServerProcess.on_a_copy(root / "studies", tmp_path_factory.mktemp("enhancement-prediction-server"),
+                                  env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
     yield srv
     srv.stop()
 

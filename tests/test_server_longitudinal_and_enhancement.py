@@ -3,8 +3,6 @@ whose follow-up has new and enhancing lesions, and the refusals a user meets whe
 
 from __future__ import annotations
 
-import shutil
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -39,10 +37,8 @@ def longitudinal_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(longitudinal_root, tmp_path_factory):
-    work = tmp_path_factory.mktemp("longitudinal-server")
-    shutil.copytree(longitudinal_root / "studies", work / "studies")
-    srv = ServerProcess(work / "studies", work / "model", work / "server.log",
-                        env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
+    srv = ServerProcess.on_a_copy(longitudinal_root / "studies", tmp_path_factory.mktemp("longitudinal-server"),
+                                  env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
     yield srv
     srv.stop()
 
