@@ -422,6 +422,12 @@ class ValidatingDatastore(LocalDatastore):
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         self.check_label(image_id, label_filename, label_tag)
+        return self.store_checked_label(image_id, label_filename, label_tag, label_info)
+
+    def store_checked_label(self, image_id: str, label_filename: str, label_tag: str,
+                            label_info: dict[str, Any]) -> str:
+        """The write half of save_label, for a label ``check_label`` has already passed (a subclass that checks
+        before doing more, e.g. storing a DICOM SEG, does not pay for the check twice)."""
         ext = nifti_extension(label_filename)
         label_path = self._datastore.label_path(label_tag)
         name = self._filename(image_id, ".nii.gz")  # stored compressed whatever was sent: one file per label

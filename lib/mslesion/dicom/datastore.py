@@ -166,7 +166,7 @@ class DicomWebDatastore(ValidatingDatastore):
             self._seg_refs[str(seg.SeriesInstanceUID)] = series_uid
             info.update(SegSeriesInstanceUID=str(seg.SeriesInstanceUID), SeriesInstanceUID=series_uid)
             logger.info("stored label of %s as DICOM SEG %s on %s", series_uid, seg.SeriesInstanceUID, self.url)
-        super().save_label(cache_id, label_filename, label_tag, info)
+        self.store_checked_label(cache_id, label_filename, label_tag, info)  # checked above, before the PACS saw it
         return series_uid
 
     def bin_to_nifti(self, cache_id: str, label_filename: str, dest: Path) -> Path:
