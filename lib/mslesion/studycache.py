@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, MapTransform
+from monai.transforms import LoadImage, LoadImaged, MapTransform
 
 DEFAULT_MAX_MB = 512  # ~14 decoded 1 mm brains in float32
 ENV_MAX_MB = "MSAPP_STUDY_CACHE_MB"
@@ -134,3 +134,9 @@ class CachedLoadImaged(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.load(d[key])
         return d
+
+
+def load_images(keys: KeysCollection, cached: bool) -> MapTransform:
+    """How the pipelines read NIfTI paths (nibabel, float32): through the shared cache at inference (``cached``),
+    directly where many studies are read once (training, offline extraction) and would only churn the cache."""
+    return CachedLoadImaged(keys) if cached else LoadImaged(keys=keys, reader="NibabelReader", dtype=np.float32)

@@ -16,7 +16,6 @@ from monai.transforms import (
     EnsureChannelFirstd,
     EnsureTyped,
     FgBgToIndicesd,
-    LoadImaged,
     MapTransform,
     Orientationd,
     Rand3DElasticd,
@@ -33,7 +32,7 @@ from .foreground import head_foreground
 from .longitudinal import SubtractRegisteredBaselined
 from .recipes import Recipe
 from .studies import BASELINE
-from .studycache import CachedLoadImaged
+from .studycache import load_images
 from .threads import small_op_threads, torch_threads
 
 IMAGE, LABEL = "image", "label"
@@ -133,8 +132,7 @@ def preprocess(recipe: Recipe, with_label: bool = False, device: str | torch.dev
     keys = channels + baseline + ([LABEL] if with_label else [])
     companions = [*recipe.inputs[1:], *baseline]
     chain: list = [CompanionPathsd(companions)] if companions else []
-    loader = LoadImaged(keys=keys, reader="NibabelReader", dtype=np.float32) if with_label else CachedLoadImaged(keys)
-    chain += [loader, EnsureChannelFirstd(keys=keys)]
+    chain += [load_images(keys, cached=not with_label), EnsureChannelFirstd(keys=keys)]
     if len(channels) > 1:
         chain += [ConcatItemsd(keys=channels, name=IMAGE), DeleteItemsd(keys=channels[1:])]
     spatial = [IMAGE] + ([LABEL] if with_label else [])

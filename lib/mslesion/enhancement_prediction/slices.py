@@ -19,7 +19,6 @@ from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
     EnsureTyped,
-    LoadImaged,
     MapTransform,
     Orientationd,
     ResampleToMatchd,
@@ -29,7 +28,7 @@ from scipy import ndimage
 
 from ..foreground import head_foreground
 from ..studies import T1, T2
-from ..studycache import CachedLoadImaged
+from ..studycache import load_images
 from ..transforms import IMAGE, CompanionPathsd, ForegroundZScored, LesionMaskd
 from .recipe import PredictionRecipe
 
@@ -202,11 +201,7 @@ def load_study(recipe: PredictionRecipe, with_lesion: bool, with_truth: bool = F
     images = [IMAGE, T1, T2]
     labels = ([LESION] if with_lesion else []) + ([ENHANCING] if with_truth else [])
     keys = images + labels
-    if cached:
-        loading = [CachedLoadImaged(keys=images)]
-        loading += [LoadImaged(keys=labels, reader="NibabelReader", dtype=np.float32)] if labels else []
-    else:
-        loading = [LoadImaged(keys=keys, reader="NibabelReader", dtype=np.float32)]
+    loading = [load_images(images, cached)] + ([load_images(labels, cached=False)] if labels else [])
     chain: list = [
         CompanionPathsd((T1, T2)),
         *loading,
