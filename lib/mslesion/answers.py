@@ -40,10 +40,10 @@ def _truthy(value) -> bool:
     return str(value).lower() in ("true", "1", "yes")
 
 
-def _write_nifti(label: np.ndarray, affine: np.ndarray, path: str, compress: bool, compresslevel: int) -> None:
-    """Fortran order, NIfTI's own, so nibabel writes the array in one piece instead of slice by slice; a low gzip
-    level because writing, not size, dominated the answer's latency (levels 1 and 3 take the same time, ~40 KB
-    for a whole-brain label; level 6 twice as long for ~9 KB)."""
+def write_nifti_label(label: np.ndarray, affine: np.ndarray, path: str, compress: bool, compresslevel: int) -> None:
+    """A uint8 NIfTI label (qform and sform set, code 1). Fortran order, NIfTI's own, so nibabel writes the array
+    in one piece instead of slice by slice; a low gzip level because writing, not size, dominated the answer's
+    latency (levels 1 and 3 take the same time, ~40 KB for a whole-brain label; level 6 twice as long for ~9 KB)."""
     image = nib.Nifti1Image(np.asfortranarray(label, dtype=np.uint8), affine)
     image.header.set_qform(affine, code=1)
     image.header.set_sform(affine, code=1)
@@ -75,5 +75,5 @@ def write_answer(label: np.ndarray, affine: np.ndarray, directory: str, request:
     if ext == ".nrrd":
         _write_nrrd(label, affine, path, _truthy(request.get("result_compress", False)))
     else:
-        _write_nifti(label, affine, path, ext == ".nii.gz", compresslevel)
+        write_nifti_label(label, affine, path, ext == ".nii.gz", compresslevel)
     return path

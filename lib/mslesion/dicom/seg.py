@@ -24,6 +24,7 @@ from pydicom.pixel_data_handlers.numpy_handler import pack_bits
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from ..answers import write_nifti_label
 from ..studies import FLAIR, T1_POST, StudyError
 
 logger = logging.getLogger(__name__)
@@ -227,10 +228,8 @@ def seg_to_label(seg: Dataset, affine_lps: np.ndarray, shape: tuple[int, int, in
 
 
 def write_label_nifti(label: np.ndarray, like: nib.Nifti1Image, dest: Path) -> Path:
-    out = nib.Nifti1Image(label.astype(np.uint8), like.affine)
-    out.set_qform(like.affine, code=1)
-    out.set_sform(like.affine, code=1)
-    nib.save(out, str(dest))
+    """``label`` as a NIfTI on ``like``'s grid, written as infer answers are (gzip when ``dest`` ends in .gz)."""
+    write_nifti_label(label, like.affine, str(dest), compress=str(dest).endswith(".gz"), compresslevel=1)
     return Path(dest)
 
 
