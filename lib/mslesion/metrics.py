@@ -122,3 +122,27 @@ def mean_scores(scores: list[LesionScores]) -> dict[str, float]:
         values = [row[key] for row in rows]
         out[key] = int(np.sum(values)) if isinstance(values[0], int) else float(np.mean(values))
     return out
+
+
+COUNT_KEYS = ("studies", "true_lesions", "predicted_lesions", "detected", "correct", "dice_sum")
+
+
+def count_scores(scores: list[LesionScores]) -> dict[str, float]:
+    """The additive part of a cohort's scores (sums a process group can add up): lesion counts and Dice sum."""
+    return {"studies": len(scores), "true_lesions": sum(s.true_lesions for s in scores),
+            "predicted_lesions": sum(s.predicted_lesions for s in scores),
+            "detected": sum(s.detected for s in scores), "correct": sum(s.correct for s in scores),
+            "dice_sum": float(sum(s.dice for s in scores))}
+
+
+def pooled_scores(counts: dict[str, float]) -> dict[str, float]:
+    """Lesion-wise rates over the pooled lesion counts of a cohort (a study with 2 lesions does not weigh as
+    much as one with 30), mean Dice and false positives per scan."""
+    if not counts or not counts.get("studies"):
+        return {}
+    sensitivity = _ratio(int(counts["detected"]), int(counts["true_lesions"]), 1.0)
+    ppv = _ratio(int(counts["correct"]), int(counts["predicted_lesions"]), 1.0 if not counts["true_lesions"] else 0.0)
+    f1 = 2 * sensitivity * ppv / (sensitivity + ppv) if sensitivity + ppv else 0.0
+    return {**{k: counts[k] for k in COUNT_KEYS if k != "dice_sum"}, "sensitivity": sensitivity, "ppv": ppv,
+            "f1": f1, "dice": counts["dice_sum"] / counts["studies"],
+            "fp_per_scan": (counts["predicted_lesions"] - counts["correct"]) / counts["studies"]}

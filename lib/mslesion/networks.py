@@ -17,5 +17,6 @@ def lesion_unet(recipe: Recipe) -> torch.nn.Module:
         channels=recipe.channels,
         strides=(2,) * (len(recipe.channels) - 1),
         num_res_units=1,
+        norm=recipe.norm,
         dropout=recipe.dropout,
     )

@@ -1,7 +1,15 @@
 """Produces the default weights in model/ from the project's own phantom cohorts (nothing is downloaded).
 
     python -m mslesion.pretrain flair_lesion|new_lesion|enhancement [--subjects 4] [--epochs 12] [--schedule cpu|paper]
+    python -m mslesion.pretrain flair_lesion --budget-min 120 --run-dir runs/flair_lesion [--resume]
     torchrun --nproc_per_node=N -m mslesion.pretrain ...   (data parallel on N GPUs; docs/distributed.md)
+
+With ``--budget-min`` the run is long, unattended and resumable: the training cohorts are domain-randomised
+phantoms (every subject its own acquisition and appearance, phantoms/randomise.py) cached under the run
+directory; the learning-rate curve is planned from the measured step rate and the budget; the whole training
+state is checkpointed atomically after every epoch and on SIGTERM, and ``--resume`` continues the same curve
+(refusing a run directory made with another recipe or data). At the end the threshold and minimum lesion size
+are tuned on the validation studies and stored in the published weights with the recipe.
 
 Each default is trained on non-MS pathology, as the transfer-learning method prescribes, with the best epoch
 picked on held-out studies of those same cohorts, then evaluated on MS phantoms it never saw:
@@ -17,11 +25,11 @@ import argparse
 import json
 import os
 import platform
+import signal
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -29,11 +37,9 @@ import torch
 from . import distributed, weights
 from .evaluate import evaluate_on_cohort
 from .networks import lesion_unet
-from .phantoms import PhantomOptions, write_cohort
-from .recipes import RECIPES, Recipe, for_cpu
-from .studies import BASELINE, earlier_session, parse_image_id
+from .phantom_items import cohort_items, randomised_items
+from .recipes import RECIPES, for_cpu, for_cpu_pretraining, postprocessing
 from .training import fit
-from .transforms import IMAGE, LABEL
 
 PRETRAINING_COHORTS = {
     "flair_lesion": ("glioma", "leukoencephalopathy", "small_vessel"),
@@ -53,37 +59,6 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} cores, {gpu}"
-
-
-def cohort_items(root: Path, cohort: str, subjects: int, seed: int, first_subject: int, recipe: Recipe) -> list[dict]:
-    """Writes a phantom cohort (only the sequences the recipe reads) and returns its training items.
-
-    A longitudinal recipe gets two sessions per subject and one item per follow-up, with its baseline.
-    """
-    folder = root / cohort
-    options = PhantomOptions(sequences=recipe.inputs)
-    paths = write_cohort(
-        folder, cohort=cohort, subjects=subjects, sessions=2 if recipe.longitudinal else 1, seed=seed, labelled=1.0,
-        options=options, first_subject=first_subject,
-    )
-    store = SimpleNamespace(list_images=lambda: [Path(p).name.split(".nii")[0] for p in paths],
-                            get_image_uri=lambda image_id: str(folder / f"{image_id}.nii.gz"))
-    items = []
-    for path in sorted(paths):
-        name = Path(path).name
-        ref = parse_image_id(name)
-        if ref is None or ref.suffix != recipe.inputs[0]:
-            continue
-        item = {IMAGE: str(path), LABEL: str(folder / "labels" / "final" / name), "id": f"{cohort}/{name}"}
-        for companion in recipe.inputs[1:]:
-            item[companion] = store.get_image_uri(ref.companion(companion).image_id)
-        if recipe.longitudinal:
-            previous = earlier_session(store, ref)
-            if previous is None:
-                continue
-            item[BASELINE] = store.get_image_uri(previous.image_id)
-        items.append(item)
-    return items
 
 
 def write_model_card(task: str, card: dict, path: Path) -> None:
@@ -192,6 +167,110 @@ def pretrain(task: str, subjects: int, epochs: int | None, schedule: str, seed: 
     return card
 
 
+#: Training and validation cohorts of the budgeted (domain-randomised) pretraining: subjects per cohort. MS
+#: phantoms dominate; non-MS hyperintensities keep the disease-invariant part of the transfer method.
+RANDOMISED_COHORTS = {
+    "flair_lesion": {"ms": 40, "small_vessel": 4, "leukoencephalopathy": 4},
+    "new_lesion": {"ms": 30, "glioma_change": 6},
+    "enhancement": {"ms": 30, "metastasis": 8},
+}
+VALIDATION_SUBJECTS = 8
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT: the training checkpoints at the next step and exits (resume with --resume)."""
+
+    def __init__(self):
+        self.set = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, *_):
+        self.set = True
+
+    def __call__(self) -> bool:
+        return self.set
+
+
+def pretrain_budgeted(task: str, budget_min: float, run_dir: Path, resume: bool, seed: int, out_dir: Path,
+                      init_from: Path | None = None) -> dict:
+    """Domain-randomised pretraining within a wall-clock budget, checkpointed and resumable (module docstring)."""
+    recipe = RECIPES[task]
+    recipe = recipe if torch.cuda.is_available() else for_cpu_pretraining(recipe)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    started = time.time()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = run_dir / "data"
+    train_items, val_items = [], []
+    for i, (cohort, subjects) in enumerate(RANDOMISED_COHORTS[task].items()):
+        train_items += randomised_items(data, cohort, subjects, seed + 10 * i, recipe)
+    val_items = randomised_items(data, "ms", VALIDATION_SUBJECTS, seed + 5000, recipe)
+    manifest = {"cohorts": RANDOMISED_COHORTS[task], "seed": seed, "validation": VALIDATION_SUBJECTS,
+                "train": len(train_items), "val": len(val_items)}
+    recipe_dict = recipe.as_dict()
+    state_path = run_dir / "checkpoint.pt"
+    previous = None
+    if resume and state_path.exists():
+        previous = torch.load(state_path, map_location="cpu", weights_only=False)
+        for name, mine, theirs in (("recipe", recipe_dict, previous["recipe"]),
+                                   ("data manifest", manifest, previous["manifest"])):
+            if json.dumps(mine, sort_keys=True, default=str) != json.dumps(theirs, sort_keys=True, default=str):
+                raise SystemExit(f"--resume refused: the {name} of {state_path} differs from this run's; "
+                                 "start a new --run-dir or check out the code that made it")
+    network = lesion_unet(recipe)
+    if init_from and previous is None:
+        network.load_state_dict(weights.transfer_state(weights.load_state(init_from), network.state_dict()))
+    def plan(rate: float) -> int:
+        """Steps that fit the budget at the measured rate; about a fifth of the time goes to validation."""
+        remaining_s = budget_min * 60 - (time.time() - started)
+        total = max(10, int(0.8 * remaining_s * rate))
+        print(json.dumps({"planned_steps": total, "steps_per_second": round(rate, 3)}), flush=True)
+        return total
+
+    def checkpoint(snapshot: dict) -> None:
+        weights.save_atomic({**snapshot, "recipe": recipe_dict, "manifest": manifest}, state_path)
+
+    result = fit(recipe, network, train_items, val_items, device, lr=recipe.pretrain_lr, seed=seed,
+                 plan_steps=plan, resume=previous, checkpoint=checkpoint, stop=StopFlag(),
+                 progress=lambda u: print(json.dumps(u["history"][-1]), flush=True))
+    if result.stopped:
+        print(json.dumps({"stopped": True, "checkpoint": str(state_path), "resume": "--resume"}), flush=True)
+        return {}
+    network.load_state_dict(result.state)
+    from monai.data import Dataset
+    from monai.transforms import Compose
+
+    from .evaluate import tune_postprocessing
+    from .transforms import preprocess
+
+    network.eval()
+    val_studies = Dataset(val_items, transform=Compose(preprocess(recipe, True, device)))
+    tuned, tuned_scores = tune_postprocessing(network, val_studies, recipe)
+    recipe = replace(recipe, **tuned)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{task}.pt"
+    weights.save_state(result.state, target, half=True, metadata={
+        "task": task, "source": "mslesion.pretrain --budget-min", "recipe": recipe.as_dict(),
+        "postprocessing": postprocessing(recipe), "validation": tuned_scores})
+    card = {
+        "task": task, "cohorts": [f"{c} x{n} (randomised)" for c, n in RANDOMISED_COHORTS[task].items()],
+        "train_studies": len(train_items), "val_studies": len(val_items),
+        "recipe": {k: v for k, v in recipe.as_dict().items() if k != "extra"}, "schedule": "cpu-budget",
+        "lr": recipe.pretrain_lr, "loss": recipe.loss, "best_epoch": result.best_epoch,
+        "validation": result.validation, "history": result.history, "postprocessing": tuned,
+        "evaluation_ms_phantoms": tuned_scores, "parameters": sum(p.numel() for p in network.parameters()),
+        "file_kb": round(target.stat().st_size / 1024), "seconds": round(time.time() - started, 1),
+        "patches_per_second": result.patches_per_second, "total_steps": sum(result.rank_steps),
+        "budget_min": budget_min,
+        "world_size": result.world_size, "rank_steps": result.rank_steps, "machine": machine(),
+        "generated": time.strftime("%Y-%m-%d"), "seed": seed, "resumed_from": None,
+        "initialised_from": Path(init_from).name if init_from else None,
+    }
+    (out_dir / f"{task}.json").write_text(json.dumps(card, indent=1, default=str) + "\n")
+    write_model_card(task, card, out_dir / f"{task}.md")
+    return card
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=sorted(PRETRAINING_COHORTS))
@@ -202,11 +281,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loss", choices=["ce", "dice_ce"], default="dice_ce")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=weights.REPO_MODEL_DIR)
-    parser.add_argument("--resume", type=Path, default=None, help="continue from these weights (a longer schedule)")
+    parser.add_argument("--resume", nargs="?", type=Path, default=None, const=Path("checkpoint"),
+                        help="continue from these weights (a longer schedule); with --run-dir, from its checkpoint")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start from another task's weights (transfer; extra input channels start at zero)")
+    parser.add_argument("--budget-min", type=float, default=None,
+                        help="domain-randomised pretraining planned to fit this many minutes (needs --run-dir)")
+    parser.add_argument("--run-dir", type=Path, default=None, help="cached cohorts and checkpoints of a budgeted run")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy box)")
     args = parser.parse_args(argv)
     np.set_printoptions(precision=3)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.budget_min:
+        if args.run_dir is None:
+            parser.error("--budget-min needs --run-dir (where the cohorts and checkpoints live)")
+        resume = args.resume is not None or (args.run_dir / "checkpoint.pt").exists()
+        card = pretrain_budgeted(args.task, args.budget_min, args.run_dir, resume, args.seed, args.out,
+                                 args.init_from)
+        if card:
+            print(json.dumps({k: card[k] for k in ("task", "best_epoch", "postprocessing", "evaluation_ms_phantoms",
+                                                   "seconds")}, indent=1, default=str))
+        return
     world = distributed.init_from_env()
     if world.distributed:
         distributed.rank_logging(world.rank, world.world_size)

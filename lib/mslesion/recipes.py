@@ -22,16 +22,24 @@ class Recipe:
     patches_per_study: int = 60             # half of them centred on lesion, half lesion-free
     augmentations: int = 3                  # augmented passes over each study's patches per epoch
     epochs: int = 30
-    lr: float = 1e-5                        # the paper's fine-tuning learning rate (Adam)
+    lr: float = 1e-5                        # the paper's fine-tuning learning rate (GPU schedule: 30 epochs)
     pretrain_lr: float = 1e-3               # de novo training of the defaults on phantom cohorts
+    weight_decay: float = 1e-4              # AdamW; the learning rate decays as poly(0.9) over the planned steps
+    loss: str = "dice_ce"                   # Dice (lesion channel only, pooled over the batch) + cross-entropy
     batch_size: int = 4
     elastic_prob: float = 0.5
     channels: tuple[int, ...] = (8, 16, 32, 64, 128)   # 5 levels: 4 down- and 4 up-sampling blocks
+    # batch norm: at inference the running statistics are used, so one whole-study window sees exactly the
+    # normalisation the training patches saw (instance norm would re-normalise over a window 20x a patch)
+    norm: str = "batch"
     dropout: float = 0.1
+    threshold: float = 0.5                  # lesion probability above which a voxel is lesion (tuned, stored)
+    validation_ema: float = 0.5             # the best epoch is picked on an EMA of the pooled validation F1
     infer_roi: tuple[int, int, int] = (160, 192, 160)  # sliding window covering a cropped 1 mm brain
     sw_overlap: float = 0.25
     sw_batch_size: int = 1
-    min_lesion_voxels: int = 3              # smaller components are neither counted nor reported
+    min_lesion_voxels: int = 3              # smaller answered components are dropped (tuned, stored)
+    score_min_voxels: int = 3               # true lesions smaller than this are not counted by the metrics
     min_labelled_studies: int = 2           # one to train on and one to validate with
     val_fraction: float = 0.2
     longitudinal: bool = False              # the input is follow-up minus the registered baseline (new_lesion)
@@ -42,7 +50,8 @@ class Recipe:
 
     def with_overrides(self, request: dict) -> Recipe:
         """The recipe with the numeric fields a training request may change (epochs, lr, patches...)."""
-        allowed = {"epochs", "lr", "patches_per_study", "augmentations", "batch_size", "elastic_prob", "val_fraction"}
+        allowed = {"epochs", "lr", "patches_per_study", "augmentations", "batch_size", "elastic_prob", "val_fraction",
+                   "threshold", "min_lesion_voxels"}
         aliases = {"max_epochs": "epochs", "learning_rate": "lr"}
         changes = {}
         for key, value in request.items():
@@ -54,9 +63,34 @@ class Recipe:
 
 def for_cpu(recipe: Recipe) -> Recipe:
     """The schedule a 2-core CPU finishes in minutes: 64^3 patches (a quarter of the compute of 96^3), fewer of
-    them, one augmented pass without elastic deformation, a few epochs."""
+    them, one augmented pass without elastic deformation, a few epochs. Fine-tuning a few dozen steps at the
+    paper's lr of 1e-5 cannot move the weights, so the CPU schedule fine-tunes at 2e-4 (poly decay)."""
     return replace(recipe, patch=(64, 64, 64), patches_per_study=16, augmentations=1, epochs=4, batch_size=4,
+                   elastic_prob=0.0, lr=max(recipe.lr, 2e-4))
+
+
+def for_cpu_pretraining(recipe: Recipe) -> Recipe:
+    """Long CPU pretraining: 48^3 patches (2.4x cheaper than 64^3, so more steps in the budget; batch norm makes the
+    patch size independent of the whole-study window used at inference), 16 per study, no elastic deformation."""
+    return replace(recipe, patch=(48, 48, 48), patches_per_study=16, augmentations=1, batch_size=4,
                    elastic_prob=0.0)
+
+
+#: Fields of a recipe that describe the network: weights only load into a network built with the same ones.
+ARCHITECTURE_FIELDS = ("inputs", "channels", "norm", "dropout")
+#: Fields tuned on validation after training and stored with the weights (read back at inference).
+POSTPROCESSING_FIELDS = ("threshold", "min_lesion_voxels")
+
+
+def postprocessing(recipe: Recipe) -> dict:
+    return {k: getattr(recipe, k) for k in POSTPROCESSING_FIELDS}
+
+
+def from_checkpoint(recipe: Recipe, meta: dict) -> Recipe:
+    """The code's recipe with the tuned post-processing a checkpoint carries (``meta["postprocessing"]``)."""
+    tuned = {k: type(getattr(recipe, k))(v) for k, v in (meta.get("postprocessing") or {}).items()
+             if k in POSTPROCESSING_FIELDS}
+    return replace(recipe, **tuned)
 
 
 FLAIR_LESION = Recipe(task="flair_lesion", inputs=(FLAIR,), positive_values=(1, 2), output_value=1)

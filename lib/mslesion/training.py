@@ -1,8 +1,9 @@
 """The training loop shared by pretraining and fine-tuning of the lesion U-Nets.
 
-Plain PyTorch around MONAI datasets and transforms: cached preprocessing, patch sampling with augmentation,
-cross-entropy and Adam (the paper's recipe), AMP on a GPU, and validation with lesion-wise metrics after
-every epoch. The best epoch by lesion-wise F1 is what gets returned for publishing.
+Plain PyTorch around MONAI datasets and transforms: cached preprocessing, per-lesion patch sampling with wide
+augmentation, Dice + cross-entropy, AdamW with a poly learning-rate curve, AMP on a GPU, and validation with pooled
+lesion-wise counts after every epoch. The best epoch by the moving average of lesion-wise F1 is what gets returned
+for publishing.
 
 Inside a torch.distributed process group (torchrun, or :func:`mslesion.distributed.spawn`) the same loop is data
 parallel: each rank caches and trains on its own share of the studies (equal shares, so every rank runs the same
@@ -16,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -29,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .evaluate import score_studies
+from .metrics import pooled_scores
 from .recipes import Recipe
 from .transforms import IMAGE, LABEL, lesion_indices, preprocess, training_augmentation
 
@@ -46,14 +49,28 @@ class FitResult:
     world_size: int = 1
     rank_steps: list[int] = field(default_factory=list)  # optimiser steps each rank ran, in rank order
     rank_digests: list[str] = field(default_factory=list)  # sha256 of each rank's returned weights (all equal)
+    stopped: bool = False  # interrupted before the planned steps (the last checkpoint holds the state)
 
 
 def loss_function(name: str) -> torch.nn.Module:
+    """``dice_ce``: soft Dice on the lesion channel only, pooled over the whole batch (a patch without lesion does
+    not make Dice undefined or push towards empty answers), plus cross-entropy over both classes. ``ce`` alone."""
     if name == "ce":
         return DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.0, lambda_ce=1.0)
     if name == "dice_ce":
-        return DiceCELoss(to_onehot_y=True, softmax=True)
+        return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     raise ValueError(f"unknown loss '{name}': use 'ce' or 'dice_ce'")
+
+
+PLAN_AFTER_STEPS = 20
+
+
+def poly_schedule(optimizer: torch.optim.Optimizer, plan: dict, power: float = 0.9):
+    """nnU-Net's learning rate curve: lr * (1 - step / total) ** 0.9, over ``plan["total"]`` steps (a dict, so a
+    budgeted run can set the total once it has measured its step rate)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: max(0.0, 1 - min(step, plan["total"]) / max(1, plan["total"])) ** power
+    )
 
 
 def state_digest(state: dict) -> str:
@@ -99,18 +116,12 @@ def patch_batches(batch: dict, batch_size: int, device: torch.device):
 
 
 def combine_scores(parts: list[dict]) -> dict:
-    """Validation scores of the ranks' shares as one: counts summed, per-study means weighted by study count."""
+    """Validation counts of the ranks' shares as one cohort's pooled scores."""
     parts = [p for p in parts if p]
-    if len(parts) <= 1:
-        return parts[0] if parts else {}
-    total = sum(p["studies"] for p in parts)
-    out: dict = {}
-    for key, value in parts[0].items():
-        if isinstance(value, int):
-            out[key] = sum(p[key] for p in parts)
-        else:
-            out[key] = sum(p[key] * p["studies"] for p in parts) / total
-    return out
+    if not parts:
+        return {}
+    counts = {k: sum(p[k] for p in parts) for k in parts[0]}
+    return pooled_scores(counts)
 
 
 def fit(
@@ -120,14 +131,27 @@ def fit(
     val_items: list[dict],
     device: torch.device,
     lr: float,
-    loss: str = "ce",
+    loss: str | None = None,
     progress: Callable[[dict], None] | None = None,
     seed: int = 0,
+    total_steps: int | None = None,
+    plan_steps: Callable[[float], int] | None = None,
+    resume: dict | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> FitResult:
     """Train ``network`` on labelled studies and return the weights of the best validation epoch.
 
-    In a process group every rank calls this with the same items and its own ``device``; ``progress`` is called on
-    rank 0 only.
+    AdamW with the poly learning-rate curve over ``total_steps`` (default: the recipe's epochs of the loader's
+    steps). After every epoch the validation studies are scored with pooled lesion counts, and the best epoch is
+    picked on an exponential moving average of that F1 (a single lucky epoch on few studies does not win).
+    ``plan_steps`` (a time-budgeted run) is given the measured steps per second, patch making included, after the
+    first PLAN_AFTER_STEPS steps, and returns the run's total steps; the curve is planned over those.
+    ``checkpoint`` receives the whole training state (weights, optimiser, schedule, step, RNG, best) after every
+    epoch and when ``stop`` turns true; ``resume`` continues from such a state on the same curve.
+
+    In a process group every rank calls this with the same items and its own ``device``; ``progress`` and
+    ``checkpoint`` are called on rank 0 only.
     """
     rank, world = distributed.rank(), distributed.world_size()
     torch.manual_seed(seed + rank)  # ranks draw different patches; DDP gives them rank 0's initial weights
@@ -151,52 +175,99 @@ def fit(
         model = DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
         )
-    steps_per_epoch = int(distributed.reduce(len(loader), "min", device))  # equal by construction; never more
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    criterion = loss_function(loss)
+    full, rest = divmod(len(patch_set), recipe.batch_size)  # loaded batches of studies, each cut into steps
+    steps_per_epoch = full * patches_per_pass + math.ceil(rest * patches_per_pass / recipe.batch_size)
+    steps_per_epoch = int(distributed.reduce(steps_per_epoch, "min", device))  # equal by construction
+    plan = {"total": int(total_steps or recipe.epochs * steps_per_epoch)}
+    planned_before = bool(resume and 0 < resume.get("total_steps", 0) < 10**9)
+    if planned_before:
+        plan["total"] = int(resume["total_steps"])
+    elif plan_steps:
+        plan["total"] = 10**9  # until measured: the curve stays at its start
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=recipe.weight_decay)
+    schedule = poly_schedule(optimizer, plan)
+    criterion = loss_function(loss or recipe.loss)
     dtype = amp_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    best = {"f1": -1.0}
-    best_state, best_epoch, history = copy.deepcopy(network.state_dict()), 0, []
-    patches, steps, train_seconds = 0, 0, 0.0
+    state = {"epoch": 0, "step": 0, "best": {"f1": -1.0}, "best_epoch": 0, "ema": None, "history": [],
+             "best_state": copy.deepcopy(network.state_dict()), "patches": 0, "train_seconds": 0.0}
+    if resume:
+        network.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        state.update({k: resume[k] for k in state if k in resume})
+        torch.set_rng_state(resume["torch_rng"])
     any_validation = bool(distributed.reduce(len(val_studies), "sum", device))
+    def snapshot() -> dict:
+        return {**state, "model": copy.deepcopy(network.state_dict()), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(), "total_steps": plan["total"]}
 
-    for epoch in range(1, recipe.epochs + 1):
+    stopped, measure_from = False, None
+    while state["step"] < plan["total"] and not stopped:
+        total_epochs = math.ceil(plan["total"] / max(1, steps_per_epoch)) if plan["total"] < 10**9 else None
+        epoch = state["epoch"] + 1
         model.train()
         epoch_start, losses = time.time(), []
-        for step, batch in enumerate(loader):
-            if step >= steps_per_epoch:
-                break
+        for batch in loader:
             for images, labels in patch_batches(batch, recipe.batch_size, device):
+                if state["step"] >= plan["total"]:
+                    break
+                if plan_steps and plan["total"] == 10**9 and measure_from is None:
+                    measure_from = (time.time(), state["step"])
+                elif measure_from and state["step"] - measure_from[1] == PLAN_AFTER_STEPS:
+                    plan["total"] = max(state["step"] + 1, int(plan_steps(
+                        PLAN_AFTER_STEPS / (time.time() - measure_from[0]))))
+                    measure_from = None
+                    logger.info("planned %d steps", plan["total"])
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     value = criterion(model(images), labels)
                 scaler.scale(value).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                schedule.step()
                 losses.append(float(value.detach()))
-                patches += images.shape[0]
-                steps += 1
-        train_seconds += time.time() - epoch_start
+                state["patches"] += images.shape[0]
+                state["step"] += 1
+            stopped = bool(distributed.from_main(bool(stop and stop())))
+            if stopped or state["step"] >= plan["total"]:
+                break
+        state["train_seconds"] += time.time() - epoch_start
+        if stopped and state["step"] < plan["total"]:  # an interrupted epoch is not validated; resume goes on
+            if checkpoint and rank == 0:
+                checkpoint(snapshot())
+            break
         # the bare network, not the DDP wrapper: ranks validate different numbers of studies without collectives
         metrics = combine_scores(distributed.gather(score_studies(network, val_studies, recipe)))
         mean_loss = distributed.reduce(sum(losses) / max(1, len(losses)), "sum", device) / world
+        f1 = metrics.get("f1", 0.0)
+        state["ema"] = f1 if state["ema"] is None else recipe.validation_ema * state["ema"] + (
+            1 - recipe.validation_ema) * f1
         row = {
             "epoch": epoch,
-            "epochs": recipe.epochs,
+            "epochs": total_epochs,
+            "step": state["step"],
+            "lr": round(schedule.get_last_lr()[0], 7),
             "loss": round(mean_loss, 5),
             "seconds": round(time.time() - epoch_start, 1),
+            "f1_ema": round(state["ema"], 4),
             **{k: round(v, 4) for k, v in metrics.items()},
         }
-        history.append(row)
-        logger.info("epoch %d/%d %s", epoch, recipe.epochs, row)
-        f1 = metrics.get("f1", 0.0)
-        if distributed.from_main(not any_validation or f1 > best["f1"]):
-            best, best_epoch = {"f1": f1, **metrics}, epoch
-            best_state = copy.deepcopy(network.state_dict())
+        state["history"].append(row)
+        state["epoch"] = epoch
+        logger.info("epoch %d/%d %s", epoch, total_epochs, row)
+        if distributed.from_main(not any_validation or state["ema"] > state["best"]["f1"]):
+            state["best"], state["best_epoch"] = {"f1": state["ema"], **metrics}, epoch
+            state["best_state"] = copy.deepcopy(network.state_dict())
         if progress and rank == 0:
-            progress({"epoch": epoch, "epochs": recipe.epochs, "history": history, "best_epoch": best_epoch})
+            progress({"epoch": epoch, "epochs": total_epochs, "history": state["history"],
+                      "best_epoch": state["best_epoch"]})
+        if checkpoint and rank == 0:
+            checkpoint(snapshot())
+    if plan_steps and plan["total"] == 10**9:  # ended before measuring (a stop): nothing planned yet
+        plan["total"] = state["step"]
 
+    best_state, steps, patches = state["best_state"], state["step"], state["patches"]
     rank_steps = [int(s) for s in distributed.gather(steps)]
     rank_digests = distributed.gather(state_digest(best_state))
     if len(set(rank_digests)) > 1:  # DDP keeps replicas identical; anything else is a bug, not a model to publish
@@ -205,15 +276,16 @@ def fit(
         logger.info("rank %d/%d trained %d steps (%d patches) on %d studies", rank, world, steps, patches,
                     len(my_train))
     total_patches = distributed.reduce(patches, "sum", device)
-    slowest = distributed.reduce(train_seconds, "max", device)
+    slowest = distributed.reduce(state["train_seconds"], "max", device)
     return FitResult(
         state=best_state,
-        best_epoch=best_epoch,
-        validation=best,
-        history=history,
+        best_epoch=state["best_epoch"],
+        validation=state["best"],
+        history=state["history"],
         patches_per_second=total_patches / slowest if slowest else 0.0,
         seconds=time.time() - started,
         world_size=world,
         rank_steps=rank_steps,
         rank_digests=rank_digests,
+        stopped=stopped and steps < plan["total"],
     )

@@ -19,11 +19,15 @@ from monai.transforms import (
     MapTransform,
     Orientationd,
     Rand3DElasticd,
+    RandAdjustContrastd,
     RandAffined,
     RandCropByPosNegLabeld,
     RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
     RandScaleIntensityd,
     RandShiftIntensityd,
+    RandSimulateLowResolutiond,
     Spacingd,
     Transform,
 )
@@ -156,13 +160,59 @@ def preprocess(recipe: Recipe, with_label: bool = False, device: str | torch.dev
     return chain
 
 
+class LesionBalancedIndicesd(MapTransform):
+    """Lesion-centre candidates that weigh every lesion alike: ``per_lesion`` voxels drawn from each connected
+    lesion (with replacement). A crop centred on a voxel picked uniformly from them picks a lesion uniformly, then a
+    voxel of it; picked per voxel instead, a 2 mL lesion would be drawn 100 times more often than a 0.02 mL one,
+    and small lesions, the ones a model misses, would hardly be trained on."""
+
+    def __init__(self, keys: KeysCollection = f"{LABEL}_fg_indices", label_key: str = LABEL, per_lesion: int = 64,
+                 seed: int = 0):
+        super().__init__(keys)
+        self.label_key, self.per_lesion = label_key, per_lesion
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        from .metrics import lesion_components
+
+        d = dict(data)
+        label = np.asarray(d[self.label_key][0].cpu() if isinstance(d[self.label_key], torch.Tensor)
+                           else d[self.label_key][0])
+        components, count = lesion_components(label > 0)
+        if not count:
+            return d
+        flat = components.ravel()
+        order = np.argsort(flat, kind="stable")
+        starts = np.searchsorted(flat[order], np.arange(1, count + 2))
+        picks = [order[starts[i] + self.rng.integers(0, starts[i + 1] - starts[i], self.per_lesion)]
+                 for i in range(count) if starts[i + 1] > starts[i]]
+        for key in self.key_iterator(d):
+            d[key] = np.concatenate(picks).astype(np.int64)
+        return d
+
+
 def lesion_indices() -> list:
-    """Where the lesion and lesion-free voxels are, computed once per cached study, not at every patch draw."""
-    return [FgBgToIndicesd(keys=LABEL)]
+    """Where the lesions (balanced per lesion) and lesion-free voxels are, computed once per cached study, not at
+    every patch draw."""
+    return [FgBgToIndicesd(keys=LABEL), LesionBalancedIndicesd()]
+
+
+def intensity_augmentation(recipe: Recipe) -> list:
+    """At least as wide as nnU-Net's: contrast scale 0.75-1.25, shift, gamma 0.7-1.5, noise, blur and simulated low
+    resolution, because grey matter alone moves by a quarter of an SD between subjects and scanners."""
+    return [
+        RandScaleIntensityd(keys=IMAGE, factors=0.25, prob=0.5),
+        RandShiftIntensityd(keys=IMAGE, offsets=0.2, prob=0.5),
+        RandAdjustContrastd(keys=IMAGE, gamma=(0.7, 1.5), prob=0.3),
+        RandGaussianNoised(keys=IMAGE, std=0.1, prob=0.2),
+        RandGaussianSmoothd(keys=IMAGE, sigma_x=(0.5, 1.2), sigma_y=(0.5, 1.2), sigma_z=(0.5, 1.2), prob=0.2),
+        RandSimulateLowResolutiond(keys=IMAGE, zoom_range=(0.5, 1.0), prob=0.2),
+    ]
 
 
 def training_augmentation(recipe: Recipe, num_samples: int | None = None) -> list:
-    """Patch sampling (half on lesions, half off) and the paper's augmentations (elastic, affine, flips)."""
+    """Patch sampling (half on lesions, lesion by lesion; half off), the paper's augmentations (elastic, affine,
+    flips) and wide intensity augmentation."""
     keys = [IMAGE, LABEL]
     return [
         RandCropByPosNegLabeld(
@@ -193,6 +243,5 @@ def training_augmentation(recipe: Recipe, num_samples: int | None = None) -> lis
             padding_mode="zeros",
         ),
         RandFlipd(keys=keys, spatial_axis=0, prob=0.5),
-        RandScaleIntensityd(keys=IMAGE, factors=0.1, prob=0.5),
-        RandShiftIntensityd(keys=IMAGE, offsets=0.1, prob=0.5),
+        *intensity_augmentation(recipe),
     ]

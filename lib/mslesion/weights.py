@@ -32,9 +32,14 @@ def previous_weights(model_dir: str | Path, task: str) -> Path:
 
 def save_state(state: dict, path: Path, half: bool = False, metadata: dict | None = None) -> None:
     """Write a checkpoint atomically: temp file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     weights = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in state.items()}
-    payload = {"model": weights, "meta": dict(metadata or {}, saved=time.strftime("%Y-%m-%dT%H:%M:%S"))}
+    save_atomic({"model": weights, "meta": dict(metadata or {}, saved=time.strftime("%Y-%m-%dT%H:%M:%S"))}, path)
+
+
+def save_atomic(payload: dict, path: Path) -> None:
+    """torch.save through a temp file in the same folder, fsync and rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:

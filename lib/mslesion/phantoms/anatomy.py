@@ -153,3 +153,29 @@ def load_anatomy() -> Anatomy:
     tissue_box = ndi.find_objects(((gm + wm + csf) > 0).astype(np.uint8))[0]
     return Anatomy(affine=affine, gm=gm, wm=wm, csf=csf, ventricle_distance=vdist, depth=depth, regions=regions,
                    tissue_box=tissue_box)
+
+
+#: Depth (mm below the brain surface) beyond which grey matter counts as deep grey nuclei.
+DEEP_GM_DEPTH_MM = 15.0
+
+
+@functools.lru_cache(maxsize=1)
+def head_maps() -> dict[str, np.ndarray]:
+    """Template maps for whole-head phantoms and randomised contrast: mm outside the brain mask (0 inside), mm from
+    the nearer eye centre, and the deep grey matter fraction. Computed once per process, only when asked for."""
+    from .randomise import EYE_CENTRES_MM
+
+    anat = load_anatomy()
+    brain = (anat.gm + anat.wm + anat.csf) > 0.5
+    outside = ndi.distance_transform_edt(~brain).astype(np.float32)
+    ii, jj, kk = np.meshgrid(*(np.arange(n) for n in anat.shape), indexing="ij", sparse=True)
+    a = anat.affine
+    xyz = (a[0, 0] * ii + a[0, 3], a[1, 1] * jj + a[1, 3], a[2, 2] * kk + a[2, 3])
+    eye = np.full(anat.shape, 999.0, dtype=np.float32)
+    for centre in EYE_CENTRES_MM:
+        dist = np.sqrt(sum((x - c) ** 2 for x, c in zip(xyz, centre, strict=True))).astype(np.float32)
+        eye = np.minimum(eye, dist)
+    deep_gm = (anat.gm * (anat.depth > DEEP_GM_DEPTH_MM)).astype(np.float32)
+    for arr in (outside, eye, deep_gm):
+        arr.setflags(write=False)
+    return {"outside": outside, "eye": eye, "deep_gm": deep_gm}

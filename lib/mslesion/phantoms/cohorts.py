@@ -63,6 +63,8 @@ def cohort_sessions(cohort: str, rng: np.random.Generator, anat: Anatomy, warp: 
     """The subject's pathology per session (and the warp, with any mass effect added)."""
     if cohort == "ms":
         return warp, [SessionPathology(blobs=b) for b in ms_sessions(rng, anat, warp, n_sessions)]
+    if cohort == "healthy":  # no lesion at all: what a model must leave empty
+        return warp, [SessionPathology() for _ in range(n_sessions)]
     if cohort in ("glioma", "glioma_change"):
         return _glioma(rng, anat, warp, n_sessions, grows=cohort == "glioma_change")
     if cohort == "metastasis":

@@ -68,6 +68,8 @@ class SubjectContrast:
     """A subject's tissue levels per base sequence (jittered from TISSUE_LEVELS)."""
 
     levels: dict[str, dict[str, float]]
+    lesion_gain: float = 1.0  # lesion contrast (level - 1) is scaled by this (domain randomisation)
+    deep_gm_gain: float = 0.0  # extra FLAIR signal of deep grey nuclei, relative to grey matter
 
     def wm(self, sequence: str) -> float:
         """Normal-appearing WM signal of a written sequence."""
@@ -124,10 +126,11 @@ class Acquisition:
     gain: float
     noise_fraction: float
     rng: np.random.Generator
+    bias_sd: float = BIAS_SD
 
     def bias(self, shape: tuple[int, int, int]) -> np.ndarray:
         """Multiplicative bias field exp(smooth field) on the synthesis grid."""
-        return np.exp(smooth_field(self.rng, shape, BIAS_CONTROL_POINTS, BIAS_SD))
+        return np.exp(smooth_field(self.rng, shape, BIAS_CONTROL_POINTS, self.bias_sd))
 
     def rician(self, signal: np.ndarray, wm_signal: float) -> np.ndarray:
         """Magnitude of the signal plus complex Gaussian noise (in place, to keep memory low)."""
@@ -152,3 +155,12 @@ def to_int16(signal: np.ndarray, sequence: str) -> np.ndarray:
     """Scale to the sequence's int16 range (what a scanner would store)."""
     scaled = np.rint(signal * np.float32(INT_SCALE[sequence]))
     return np.clip(scaled, 0, np.iinfo(np.int16).max).astype(np.int16)
+
+
+def stored(signal: np.ndarray, sequence: str, storage: str) -> tuple[np.ndarray, type | None]:
+    """The array to write and the dtype to store it as: int16 as is, float32, or float data that nibabel stores
+    as uint16 with a scale slope and intercept (``scaled_uint16``)."""
+    if storage == "int16":
+        return to_int16(signal, sequence), None
+    values = (signal * np.float32(INT_SCALE[sequence])).astype(np.float32)
+    return values, (np.uint16 if storage == "scaled_uint16" else None)

@@ -23,6 +23,7 @@ class Grid:
     affine: np.ndarray  # synthesis voxel -> scanner world mm (RAS, diagonal)
     slab: int
     orientation: str
+    axis: int = 2  # RAS axis the thick slices stack along (2 axial, 0 sagittal, 1 coronal)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -37,8 +38,9 @@ class Grid:
     @property
     def written_affine(self) -> np.ndarray:
         """RAS affine of the written (thickened) grid: slice j is the mean of synthesis slices slab*j.."""
-        thick = np.diag([1.0, 1.0, float(self.slab), 1.0])
-        thick[2, 3] = (self.slab - 1) / 2.0
+        thick = np.eye(4)
+        thick[self.axis, self.axis] = float(self.slab)
+        thick[self.axis, 3] = (self.slab - 1) / 2.0
         return self.affine @ thick
 
     def world_to_voxel(self) -> np.ndarray:
@@ -53,42 +55,51 @@ def make_grid(template_affine: np.ndarray, template_shape: tuple[int, int, int],
     lo, hi = corners.min(axis=0), corners.max(axis=0)
     centre, extent = (lo + hi) / 2, hi - lo
     spacing = np.array(options.spacing, dtype=float)
+    axis = "RAS".index(options.slice_axis)
     slab = 1
     if options.slice_thickness is not None:
-        slab = max(1, int(round(options.slice_thickness / spacing[2])))
-        spacing[2] = options.slice_thickness / slab
+        slab = max(1, int(round(options.slice_thickness / spacing[axis])))
+        spacing[axis] = options.slice_thickness / slab
     written = spacing.copy()
-    written[2] *= slab
+    written[axis] *= slab
     n_written = np.floor(extent / written + 1e-6).astype(int) + 1
-    shape = (int(n_written[0]), int(n_written[1]), int(n_written[2] * slab))
+    shape = [int(n) for n in n_written]
+    shape[axis] *= slab
     origin = centre - (n_written - 1) / 2 * written
-    origin[2] -= (slab - 1) / 2 * spacing[2]
+    origin[axis] -= (slab - 1) / 2 * spacing[axis]
     affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = origin
-    return Grid(shape=shape, affine=affine, slab=slab, orientation=options.orientation.upper())
+    return Grid(shape=tuple(shape), affine=affine, slab=slab, orientation=options.orientation.upper(), axis=axis)
 
 
-def thicken(data: np.ndarray, slab: int) -> np.ndarray:
-    """Average every `slab` axial slices (the through-plane slice profile of a thick acquisition)."""
+def _grouped(data: np.ndarray, slab: int, axis: int) -> np.ndarray:
+    """The volume with the slab's synthesis slices on a last axis of length ``slab`` (the thick-slice axis last)."""
+    moved = np.moveaxis(data, axis, -1)
+    return moved.reshape(*moved.shape[:2], moved.shape[2] // slab, slab)
+
+
+def thicken(data: np.ndarray, slab: int, axis: int = 2) -> np.ndarray:
+    """Average every `slab` slices along `axis` (the through-plane slice profile of a thick acquisition)."""
     if slab == 1:
         return data
-    nx, ny, nz = data.shape
-    return data.reshape(nx, ny, nz // slab, slab).mean(axis=3, dtype=np.float32)
+    return np.moveaxis(_grouped(data, slab, axis).mean(axis=3, dtype=np.float32), -1, axis)
 
 
-def thicken_label(label: np.ndarray, slab: int) -> np.ndarray:
+def thicken_label(label: np.ndarray, slab: int, axis: int = 2) -> np.ndarray:
     """A voxel of a thick slice is lesion where lesion covers at least half of it; 2 if mostly new."""
     if slab == 1:
         return label
-    nx, ny, nz = label.shape
-    grouped = label.reshape(nx, ny, nz // slab, slab)
+    grouped = _grouped(label, slab, axis)
     any_lesion = (grouped > 0).mean(axis=3) >= 0.5
     new = (grouped == 2).sum(axis=3) > (grouped == 1).sum(axis=3)
-    return np.where(any_lesion, np.where(new, 2, 1), 0).astype(np.uint8)
+    return np.moveaxis(np.where(any_lesion, np.where(new, 2, 1), 0).astype(np.uint8), -1, axis)
 
 
-def to_image(data: np.ndarray, grid: Grid) -> nib.Nifti1Image:
-    """A NIfTI image of written-grid RAS data, reoriented to the requested axis codes (world unchanged)."""
+def to_image(data: np.ndarray, grid: Grid, stored_dtype: type | None = None) -> nib.Nifti1Image:
+    """A NIfTI image of written-grid RAS data, reoriented to the requested axis codes (world unchanged).
+
+    With ``stored_dtype`` (an integer type) float data are written as those integers with the scale slope and
+    intercept nibabel picks, as many scanners store them."""
     img = nib.Nifti1Image(data, grid.written_affine)
     if grid.orientation != "RAS":
         ornt = nio.ornt_transform(nio.axcodes2ornt(tuple("RAS")), nio.axcodes2ornt(tuple(grid.orientation)))
@@ -97,5 +108,5 @@ def to_image(data: np.ndarray, grid: Grid) -> nib.Nifti1Image:
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm")
-    img.header.set_data_dtype(data.dtype)
+    img.header.set_data_dtype(stored_dtype or data.dtype)
     return img

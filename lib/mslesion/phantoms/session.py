@@ -8,12 +8,13 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from .anatomy import Anatomy
+from .anatomy import Anatomy, head_maps
 from .cohorts import SessionPathology
-from .contrasts import BASE_SEQUENCE, DURA_ENHANCEMENT, Acquisition, SubjectContrast, dura_rim, tissue_mix, to_int16
+from .contrasts import BASE_SEQUENCE, DURA_ENHANCEMENT, Acquisition, SubjectContrast, dura_rim, stored, tissue_mix
 from .deformation import COARSE_STEP, SubjectWarp, template_coordinates
 from .geometry import Grid, thicken, thicken_label, to_image
 from .lesions import Footprint, footprint
+from .randomise import HeadModel
 
 
 @dataclass
@@ -31,10 +32,10 @@ class PhantomSession:
         return f"sub-{self.subject}_ses-{self.session}_{suffix}.nii.gz"
 
 
-def _warp_map(data: np.ndarray, coords: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+def _warp_map(data: np.ndarray, coords: np.ndarray, box: tuple[slice, ...], cval: float = 0.0) -> np.ndarray:
     """Trilinear resampling of a template map at template voxel coordinates, only inside `box`."""
-    out = np.zeros(coords.shape[1:], dtype=np.float32)
-    out[box] = ndi.map_coordinates(data, coords[(slice(None), *box)], order=1, mode="constant", cval=0.0,
+    out = np.full(coords.shape[1:], cval, dtype=np.float32)
+    out[box] = ndi.map_coordinates(data, coords[(slice(None), *box)], order=1, mode="constant", cval=cval,
                                    output=np.float32, prefilter=False)
     return out
 
@@ -58,16 +59,23 @@ def _output_box(coords: np.ndarray, tissue_box: tuple[slice, ...]) -> tuple[slic
 
 def render_session(anat: Anatomy, warp: SubjectWarp, contrast: SubjectContrast, pathology: SessionPathology,
                    motion: np.ndarray, grid: Grid, acquisitions: dict[str, Acquisition],
-                   subject: str, session: str) -> PhantomSession:
+                   subject: str, session: str, head: HeadModel | None = None,
+                   storage: str = "int16") -> PhantomSession:
     """Synthesise the requested sequences (keys of `acquisitions`) of one session on `grid`.
 
-    `motion` maps the session's scanner world (mm) to subject space.
+    `motion` maps the session's scanner world (mm) to subject space. With `head`, the skull, scalp and eyes
+    are drawn around the brain (a whole-head, not skull-stripped, study).
     """
     voxel_to_subject = motion @ grid.affine
     coords = template_coordinates(warp, voxel_to_subject, grid.shape, anat.affine)
     box = _output_box(coords, anat.tissue_box)
     gm, wm, csf = (_warp_map(m, coords, box) for m in (anat.gm, anat.wm, anat.csf))
     diffuse = [_warp_map(d.template_map, coords, box) for d in pathology.diffuse]
+    extra = head_maps() if head is not None or contrast.deep_gm_gain else {}
+    deep_gm = _warp_map(extra["deep_gm"], coords, box) if contrast.deep_gm_gain else None
+    everywhere = (slice(None),) * 3
+    outside = _warp_map(extra["outside"], coords, everywhere, cval=99.0) if head is not None else None
+    eye = _warp_map(extra["eye"], coords, everywhere, cval=99.0) if head is not None else None
     del coords
 
     blobs = pathology.blobs
@@ -95,12 +103,19 @@ def render_session(anat: Anatomy, warp: SubjectWarp, contrast: SubjectContrast, 
         base = BASE_SEQUENCE[sequence]
         wm_level = contrast.wm(sequence)
         signal = tissue_mix(contrast, sequence, gm, wm, csf)
+        if deep_gm is not None and base == "FLAIR":
+            signal += deep_gm * np.float32(contrast.deep_gm_gain * contrast.levels[base]["gm"])
+        if head is not None:
+            signal += head.signal(base, outside, eye, wm_level)
         for fp, lesion in _painted(prints, blobs, diffuse_prints, pathology):
             region = signal[fp.box]
             if getattr(lesion, "gains", None):
                 region *= 1 + fp.weight * np.float32(lesion.gains[base])
             elif lesion.levels:
-                region += fp.weight * (np.float32(lesion.levels[base] * wm_level) - region)
+                level = lesion.levels[base]
+                if contrast.lesion_gain != 1.0:
+                    level = 1 + (level - 1) * contrast.lesion_gain
+                region += fp.weight * (np.float32(level * wm_level) - region)
         if sequence == "ce-gadolinium_T1w":
             for fp, blob in zip(prints, blobs, strict=True):
                 if fp is not None and fp.enhancement is not None:
@@ -108,13 +123,14 @@ def render_session(anat: Anatomy, warp: SubjectWarp, contrast: SubjectContrast, 
             signal += dura_rim(gm + wm + csf, grid.spacing) * np.float32(DURA_ENHANCEMENT * wm_level)
         signal *= acq.bias(grid.shape)
         signal *= np.float32(acq.gain)
-        signal = acq.rician(thicken(signal, grid.slab), wm_level * acq.gain)
-        result.images[sequence] = to_image(to_int16(signal, sequence), grid)
+        signal = acq.rician(thicken(signal, grid.slab, grid.axis), wm_level * acq.gain)
+        values, stored_dtype = stored(signal, sequence, storage)
+        result.images[sequence] = to_image(values, grid, stored_dtype)
         del signal
     if "FLAIR" in acquisitions:
-        result.labels["FLAIR"] = to_image(thicken_label(flair, grid.slab), grid)
+        result.labels["FLAIR"] = to_image(thicken_label(flair, grid.slab, grid.axis), grid)
     if "ce-gadolinium_T1w" in acquisitions:
-        result.labels["ce-gadolinium_T1w"] = to_image(thicken_label(enhancing, grid.slab), grid)
+        result.labels["ce-gadolinium_T1w"] = to_image(thicken_label(enhancing, grid.slab, grid.axis), grid)
     return result
 
 

@@ -12,10 +12,11 @@ from .contrasts import random_acquisition, random_contrast
 from .deformation import random_session_motion, random_warp
 from .geometry import make_grid
 from .options import COHORTS, SEQUENCES, PhantomOptions
+from .randomise import random_head, randomised_acquisition, randomised_contrast
 from .session import PhantomSession, render_session
 
 # independent random streams, so that e.g. the sequences asked for never change the lesions
-_ANATOMY, _CONTRAST, _PATHOLOGY, _MOTION, _ACQUISITION = range(5)
+_ANATOMY, _CONTRAST, _PATHOLOGY, _MOTION, _ACQUISITION, _HEAD = range(6)
 
 
 def _subject_key(subject: str) -> int:
@@ -41,7 +42,10 @@ def make_subject(cohort: str, subject: str, seed: int, sessions: int = 1,
     subject = str(subject)
     anat = load_anatomy()
     warp = random_warp(_rng(seed, cohort, subject, _ANATOMY))
-    contrast = random_contrast(_rng(seed, cohort, subject, _CONTRAST))
+    contrast_rng = _rng(seed, cohort, subject, _CONTRAST)
+    contrast = randomised_contrast(contrast_rng) if options.randomised else random_contrast(contrast_rng)
+    head = random_head(_rng(seed, cohort, subject, _HEAD)) if options.whole_head else None
+    acquisition = randomised_acquisition if options.randomised else random_acquisition
     warp, pathology = cohort_sessions(cohort, _rng(seed, cohort, subject, _PATHOLOGY), anat, warp, sessions)
     grid = make_grid(anat.affine, anat.shape, options)
     motion = np.eye(4)
@@ -49,8 +53,8 @@ def make_subject(cohort: str, subject: str, seed: int, sessions: int = 1,
     for index in range(sessions):
         if index > 0:
             motion = motion @ random_session_motion(_rng(seed, cohort, subject, _MOTION, index))
-        acquisitions = {seq: random_acquisition(_rng(seed, cohort, subject, _ACQUISITION, index, SEQUENCES.index(seq)))
+        acquisitions = {seq: acquisition(_rng(seed, cohort, subject, _ACQUISITION, index, SEQUENCES.index(seq)))
                         for seq in SEQUENCES if seq in options.sequences}
         out.append(render_session(anat, warp, contrast, pathology[index], motion, grid, acquisitions,
-                                  subject=subject, session=f"{index + 1:02d}"))
+                                  subject=subject, session=f"{index + 1:02d}", head=head, storage=options.storage))
     return out

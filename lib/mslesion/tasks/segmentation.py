@@ -29,10 +29,10 @@ from monailabel.utils.others.generic import name_to_device, strtobool
 from .. import distributed, weights
 from ..answers import write_answer
 from ..datastore import atomic_write_text
-from ..inference import amp_sliding_window, argmax_label, gpu_peak_mb, reset_gpu_peak
+from ..inference import amp_sliding_window, gpu_peak_mb, reset_gpu_peak, threshold_label
 from ..metrics import without_small_lesions
 from ..networks import lesion_unet
-from ..recipes import Recipe, for_cpu
+from ..recipes import Recipe, for_cpu, from_checkpoint
 from ..report import lesion_report
 from ..studies import BASELINE, StudyError, earlier_session, parse_image_id
 from ..threads import apply_cpu_thread_policy
@@ -42,23 +42,36 @@ from ..transforms import IMAGE, preprocess
 logger = logging.getLogger(__name__)
 
 
+def requested(data: Mapping, key: str) -> float:
+    """A numeric request option; 0, "" (a GUI's empty field) or absent mean "the tuned value" (returns 0)."""
+    value = data.get(key)
+    try:
+        return float(value) if value not in (None, "") else 0.0
+    except (TypeError, ValueError):
+        raise StudyError(422, f"'{key}' must be a number, got {value!r}; leave it at 0 for the tuned value") from None
+
+
 class LesionLabeld(MapTransform):
     """Logits to a label holding ``value`` on predicted lesion voxels (0 elsewhere), keeping the geometry.
 
-    Predicted lesions smaller than ``min_voxels`` (or the request's ``min_lesion_voxels``) are dropped: the label
-    answered is the one the report counts and the one lesion-wise metrics score."""
+    A voxel is lesion where its lesion probability is above ``threshold`` (or the request's ``threshold``);
+    predicted lesions smaller than ``min_voxels`` (or the request's ``min_lesion_voxels``) are dropped. Both are
+    tuned on validation studies and travel with the weights: the label answered is the one the report counts and
+    the one lesion-wise metrics score."""
 
-    def __init__(self, keys, value: int, min_voxels: int = 1):
+    def __init__(self, keys, value: int, min_voxels: int = 1, threshold: float = 0.5):
         super().__init__(keys)
         self.value = value
         self.min_voxels = min_voxels
+        self.threshold = threshold
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
-        min_voxels = int(d.get("min_lesion_voxels", self.min_voxels))
+        min_voxels = int(requested(d, "min_lesion_voxels") or self.min_voxels)
+        threshold = float(requested(d, "threshold") or self.threshold)
         for key in self.key_iterator(d):
             logits = d[key]
-            label = argmax_label(logits)
+            label = threshold_label(logits, threshold)
             if min_voxels > 1:
                 kept = without_small_lesions(label[0].cpu().numpy(), min_voxels)
                 label = torch.as_tensor(kept, device=label.device)[None]
@@ -171,9 +184,22 @@ class LesionSegmentationInfer(ReportsGpuPeak, BasicInferTask):
             dimension=3,
             description=description,
             roi_size=recipe.infer_roi,
-            config={"min_lesion_voxels": recipe.min_lesion_voxels},
+            # 0: the value tuned on validation and stored with the weights being served
+            config={"min_lesion_voxels": 0, "threshold": 0},
         )
         self.recipe = recipe
+        self._tuned: tuple[tuple, Recipe] | None = None
+
+    def tuned_recipe(self) -> Recipe:
+        """The recipe with the post-processing (threshold, minimum lesion size) stored in the weights being served,
+        re-read when training publishes new ones."""
+        path = self.get_path()
+        if not path or not os.path.exists(path):
+            return self.recipe
+        key = (str(path), os.path.getmtime(path))
+        if self._tuned is None or self._tuned[0] != key:
+            self._tuned = (key, from_checkpoint(self.recipe, weights.load_metadata(path)))
+        return self._tuned[1]
 
     def info(self) -> dict[str, Any]:
         info = super().info()
@@ -197,7 +223,8 @@ class LesionSegmentationInfer(ReportsGpuPeak, BasicInferTask):
 
     def post_transforms(self, data=None):
         return [
-            LesionLabeld(keys="pred", value=self.recipe.output_value, min_voxels=self.recipe.min_lesion_voxels),
+            LesionLabeld(keys="pred", value=self.recipe.output_value, min_voxels=self.tuned_recipe().min_lesion_voxels,
+                         threshold=self.tuned_recipe().threshold),
             RestoreGeometryd(keys="pred"),
         ]
 
@@ -213,7 +240,7 @@ class LesionSegmentationInfer(ReportsGpuPeak, BasicInferTask):
         label = self.answered_label(data)
         affine = np.asarray(data[IMAGE].meta["original_affine"], dtype=np.float64)
         path = write_label(label, affine, data)
-        min_voxels = int(data.get("min_lesion_voxels", self.recipe.min_lesion_voxels))
+        min_voxels = int(requested(data, "min_lesion_voxels") or self.tuned_recipe().min_lesion_voxels)
         weights_path = self.get_path()
         result = {
             "task": self.recipe.task,
