@@ -80,19 +80,22 @@ def _cached(folder: Path, manifest: dict, write) -> list[Path]:
     return paths
 
 
-def randomised_items(root: Path, cohort: str, subjects: int, seed: int, recipe: Recipe) -> list[dict]:
-    """A cohort whose every subject draws its own acquisition (domain randomisation), cached under ``root``."""
+def randomised_items(root: Path, cohort: str, subjects: int, seed: int, recipe: Recipe,
+                     sessions: int = 1) -> list[dict]:
+    """A cohort whose every subject draws its own acquisition (domain randomisation), cached under ``root``.
+    A longitudinal recipe always gets two sessions per subject (one item per follow-up)."""
+    sessions = max(sessions, 2 if recipe.longitudinal else 1)
     if seed >= TEST_SEED_FLOOR:
         raise ValueError(f"training seeds stay below {TEST_SEED_FLOOR}: those above belong to the test split")
     folder = root / f"{cohort}-randomised-{seed}"
     manifest = {"cohort": cohort, "subjects": subjects, "seed": seed, "inputs": list(recipe.inputs),
-                "longitudinal": recipe.longitudinal, "generator": 1}
+                "longitudinal": recipe.longitudinal, "sessions": sessions, "generator": 1}
 
     def write() -> list[Path]:
         paths = []
         for i in range(subjects):
             options, _ = random_options(np.random.default_rng([seed, i]), recipe.inputs)
-            paths += write_cohort(folder, cohort=cohort, subjects=1, sessions=2 if recipe.longitudinal else 1,
+            paths += write_cohort(folder, cohort=cohort, subjects=1, sessions=sessions,
                                   seed=seed, labelled=1.0, options=options, first_subject=i + 1)
         return paths
 

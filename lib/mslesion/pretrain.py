@@ -175,6 +175,8 @@ RANDOMISED_COHORTS = {
     "enhancement": {"ms": 30, "metastasis": 8},
 }
 VALIDATION_SUBJECTS = 8
+#: Sessions per subject: MS follow-ups bring new lesions, most of them enhancing (enhancement needs them).
+RANDOMISED_SESSIONS = {"flair_lesion": 1, "new_lesion": 2, "enhancement": 2}
 
 
 class StopFlag:
@@ -203,8 +205,8 @@ def pretrain_budgeted(task: str, budget_min: float, run_dir: Path, resume: bool,
     data = run_dir / "data"
     train_items, val_items = [], []
     for i, (cohort, subjects) in enumerate(RANDOMISED_COHORTS[task].items()):
-        train_items += randomised_items(data, cohort, subjects, seed + 10 * i, recipe)
-    val_items = randomised_items(data, "ms", VALIDATION_SUBJECTS, seed + 5000, recipe)
+        train_items += randomised_items(data, cohort, subjects, seed + 10 * i, recipe, RANDOMISED_SESSIONS[task])
+    val_items = randomised_items(data, "ms", VALIDATION_SUBJECTS, seed + 5000, recipe, RANDOMISED_SESSIONS[task])
     manifest = {"cohorts": RANDOMISED_COHORTS[task], "seed": seed, "validation": VALIDATION_SUBJECTS,
                 "train": len(train_items), "val": len(val_items)}
     recipe_dict = recipe.as_dict()

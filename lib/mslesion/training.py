@@ -62,7 +62,7 @@ def loss_function(name: str) -> torch.nn.Module:
     raise ValueError(f"unknown loss '{name}': use 'ce' or 'dice_ce'")
 
 
-PLAN_AFTER_STEPS = 20
+PLAN_AFTER_BATCHES = 3
 
 
 def poly_schedule(optimizer: torch.optim.Optimizer, plan: dict, power: float = 0.9):
@@ -146,7 +146,7 @@ def fit(
     steps). After every epoch the validation studies are scored with pooled lesion counts, and the best epoch is
     picked on an exponential moving average of that F1 (a single lucky epoch on few studies does not win).
     ``plan_steps`` (a time-budgeted run) is given the measured steps per second, patch making included, after the
-    first PLAN_AFTER_STEPS steps, and returns the run's total steps; the curve is planned over those.
+    first PLAN_AFTER_BATCHES loaded batches, and returns the run's total steps; the curve is planned over those.
     ``checkpoint`` receives the whole training state (weights, optimiser, schedule, step, RNG, best) after every
     epoch and when ``stop`` turns true; ``resume`` continues from such a state on the same curve.
 
@@ -202,23 +202,17 @@ def fit(
         return {**state, "model": copy.deepcopy(network.state_dict()), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(), "total_steps": plan["total"]}
 
-    stopped, measure_from = False, None
+    stopped = False
     while state["step"] < plan["total"] and not stopped:
         total_epochs = math.ceil(plan["total"] / max(1, steps_per_epoch)) if plan["total"] < 10**9 else None
         epoch = state["epoch"] + 1
         model.train()
         epoch_start, losses = time.time(), []
+        measure_from, measured = (time.time(), state["step"]), 0
         for batch in loader:
             for images, labels in patch_batches(batch, recipe.batch_size, device):
                 if state["step"] >= plan["total"]:
                     break
-                if plan_steps and plan["total"] == 10**9 and measure_from is None:
-                    measure_from = (time.time(), state["step"])
-                elif measure_from and state["step"] - measure_from[1] == PLAN_AFTER_STEPS:
-                    plan["total"] = max(state["step"] + 1, int(plan_steps(
-                        PLAN_AFTER_STEPS / (time.time() - measure_from[0]))))
-                    measure_from = None
-                    logger.info("planned %d steps", plan["total"])
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     value = criterion(model(images), labels)
@@ -229,6 +223,12 @@ def fit(
                 losses.append(float(value.detach()))
                 state["patches"] += images.shape[0]
                 state["step"] += 1
+            measured += 1
+            if plan_steps and plan["total"] == 10**9 and measured == min(PLAN_AFTER_BATCHES, len(loader)):
+                # whole loaded batches, so patch making (most of a CPU step) is in the rate
+                plan["total"] = max(state["step"] + 1, int(plan_steps(
+                    (state["step"] - measure_from[1]) / (time.time() - measure_from[0]))))
+                logger.info("planned %d steps", plan["total"])
             stopped = bool(distributed.from_main(bool(stop and stop())))
             if stopped or state["step"] >= plan["total"]:
                 break

@@ -176,6 +176,16 @@ def head_maps() -> dict[str, np.ndarray]:
         dist = np.sqrt(sum((x - c) ** 2 for x, c in zip(xyz, centre, strict=True))).astype(np.float32)
         eye = np.minimum(eye, dist)
     deep_gm = (anat.gm * (anat.depth > DEEP_GM_DEPTH_MM)).astype(np.float32)
-    for arr in (outside, eye, deep_gm):
+    x, y, z = np.broadcast_arrays(*xyz)
+    # normal structures that enhance on post-contrast T1 and fool a naive model (fractions 0..1):
+    # the choroid plexus in the atria of the lateral ventricles, the superior sagittal and transverse sinuses
+    atrium = (anat.ventricle_distance < 0.5) & (y > -48) & (y < -18) & (z > 0) & (z < 24)
+    choroid = ndi.gaussian_filter(atrium.astype(np.float32), 1.0)
+    shell = (outside > 0.5) & (outside < 4.0)
+    sinus = shell & (((np.abs(x) < 4.0) & (z > -10)) | ((y < -70) & (z > -30) & (z < 0)))
+    sinus = ndi.gaussian_filter(sinus.astype(np.float32), 0.8)
+    maps = {"outside": outside, "eye": eye, "deep_gm": deep_gm, "choroid": np.clip(choroid * 2, 0, 1),
+            "sinus": np.clip(sinus * 1.5, 0, 1), "surface": ((outside < 2.5) & (anat.depth < 2.5)).astype(np.float32)}
+    for arr in maps.values():
         arr.setflags(write=False)
-    return {"outside": outside, "eye": eye, "deep_gm": deep_gm}
+    return maps

@@ -34,6 +34,13 @@ LESION_GAIN = (0.45, 1.5)
 BIAS_SD = (0.02, 0.3)
 NOISE_FRACTION = (0.01, 0.07)
 
+#: Normal enhancement on post-contrast T1 (relative to WM): choroid plexus, dural sinuses, cortical veins, and
+#: how much of the brain surface the veins cover (a threshold on a smooth random field).
+CHOROID_ENHANCEMENT = (0.3, 0.9)
+SINUS_ENHANCEMENT = (0.4, 1.2)
+VEIN_ENHANCEMENT = (0.3, 0.9)
+VEIN_COVER = (0.02, 0.08)
+
 #: Acquisition variants and their chances: what scanners write.
 VARIANTS = {"iso_1mm": 0.3, "iso_other": 0.1, "axial_thick": 0.25, "sagittal": 0.2, "coronal": 0.05,
             "low_res_3d": 0.1}
@@ -97,6 +104,22 @@ HEAD_TISSUES = {
 #: Eye centres in MNI mm (left, right) and radius; orbital fat surrounds them.
 EYE_CENTRES_MM = ((-31.0, 58.0, -36.0), (31.0, 58.0, -36.0))
 EYE_RADIUS_MM = (10.5, 12.5)
+
+
+@dataclass(frozen=True)
+class NormalEnhancement:
+    """How strongly a subject's normal enhancing structures light up on post-contrast T1."""
+
+    choroid: float
+    sinus: float
+    veins: float
+    vein_cover: float
+
+
+def random_normal_enhancement(rng: np.random.Generator) -> NormalEnhancement:
+    return NormalEnhancement(choroid=float(rng.uniform(*CHOROID_ENHANCEMENT)),
+                             sinus=float(rng.uniform(*SINUS_ENHANCEMENT)), veins=float(rng.uniform(*VEIN_ENHANCEMENT)),
+                             vein_cover=float(rng.uniform(*VEIN_COVER)))
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from scipy import ndimage as ndi
 from .anatomy import Anatomy, head_maps
 from .cohorts import SessionPathology
 from .contrasts import BASE_SEQUENCE, DURA_ENHANCEMENT, Acquisition, SubjectContrast, dura_rim, stored, tissue_mix
-from .deformation import COARSE_STEP, SubjectWarp, template_coordinates
+from .deformation import COARSE_STEP, SubjectWarp, smooth_field, template_coordinates
 from .geometry import Grid, thicken, thicken_label, to_image
 from .lesions import Footprint, footprint
-from .randomise import HeadModel
+from .randomise import HeadModel, NormalEnhancement
 
 
 @dataclass
@@ -60,7 +60,8 @@ def _output_box(coords: np.ndarray, tissue_box: tuple[slice, ...]) -> tuple[slic
 def render_session(anat: Anatomy, warp: SubjectWarp, contrast: SubjectContrast, pathology: SessionPathology,
                    motion: np.ndarray, grid: Grid, acquisitions: dict[str, Acquisition],
                    subject: str, session: str, head: HeadModel | None = None,
-                   storage: str = "int16") -> PhantomSession:
+                   storage: str = "int16", normal_enhancement: NormalEnhancement | None = None,
+                   vessel_rng: np.random.Generator | None = None) -> PhantomSession:
     """Synthesise the requested sequences (keys of `acquisitions`) of one session on `grid`.
 
     `motion` maps the session's scanner world (mm) to subject space. With `head`, the skull, scalp and eyes
@@ -71,7 +72,9 @@ def render_session(anat: Anatomy, warp: SubjectWarp, contrast: SubjectContrast, 
     box = _output_box(coords, anat.tissue_box)
     gm, wm, csf = (_warp_map(m, coords, box) for m in (anat.gm, anat.wm, anat.csf))
     diffuse = [_warp_map(d.template_map, coords, box) for d in pathology.diffuse]
-    extra = head_maps() if head is not None or contrast.deep_gm_gain else {}
+    post = "ce-gadolinium_T1w" in acquisitions and normal_enhancement is not None
+    extra = head_maps() if head is not None or contrast.deep_gm_gain or post else {}
+    vessels = _normal_enhancement(extra, coords, normal_enhancement, vessel_rng) if post else None
     deep_gm = _warp_map(extra["deep_gm"], coords, box) if contrast.deep_gm_gain else None
     everywhere = (slice(None),) * 3
     outside = _warp_map(extra["outside"], coords, everywhere, cval=99.0) if head is not None else None
@@ -121,6 +124,8 @@ def render_session(anat: Anatomy, warp: SubjectWarp, contrast: SubjectContrast, 
                 if fp is not None and fp.enhancement is not None:
                     signal[fp.box] += fp.enhancement * np.float32(blob.enhancement * wm_level)
             signal += dura_rim(gm + wm + csf, grid.spacing) * np.float32(DURA_ENHANCEMENT * wm_level)
+            if vessels is not None:
+                signal += vessels * np.float32(wm_level)
         signal *= acq.bias(grid.shape)
         signal *= np.float32(acq.gain)
         signal = acq.rician(thicken(signal, grid.slab, grid.axis), wm_level * acq.gain)
@@ -132,6 +137,20 @@ def render_session(anat: Anatomy, warp: SubjectWarp, contrast: SubjectContrast, 
     if "ce-gadolinium_T1w" in acquisitions:
         result.labels["ce-gadolinium_T1w"] = to_image(thicken_label(enhancing, grid.slab, grid.axis), grid)
     return result
+
+
+def _normal_enhancement(maps: dict, coords: np.ndarray, strength: NormalEnhancement,
+                        rng: np.random.Generator) -> np.ndarray:
+    """Post-contrast signal (relative to WM) of the choroid plexus, the dural sinuses and patchy cortical veins:
+    bright, lesion-sized structures without a label."""
+    everywhere = (slice(None),) * 3
+    out = _warp_map(maps["choroid"], coords, everywhere) * np.float32(strength.choroid)
+    out += _warp_map(maps["sinus"], coords, everywhere) * np.float32(strength.sinus)
+    surface = _warp_map(maps["surface"], coords, everywhere)
+    field = smooth_field(rng, surface.shape, 24, 1.0)
+    cut = np.quantile(field, 1 - strength.vein_cover)
+    out += surface * np.clip((field - cut) * 4, 0, 1) * np.float32(strength.veins)
+    return out
 
 
 def lesion_flair(lesion: object) -> int:

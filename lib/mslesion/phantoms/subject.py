@@ -12,11 +12,11 @@ from .contrasts import random_acquisition, random_contrast
 from .deformation import random_session_motion, random_warp
 from .geometry import make_grid
 from .options import COHORTS, SEQUENCES, PhantomOptions
-from .randomise import random_head, randomised_acquisition, randomised_contrast
+from .randomise import random_head, random_normal_enhancement, randomised_acquisition, randomised_contrast
 from .session import PhantomSession, render_session
 
 # independent random streams, so that e.g. the sequences asked for never change the lesions
-_ANATOMY, _CONTRAST, _PATHOLOGY, _MOTION, _ACQUISITION, _HEAD = range(6)
+_ANATOMY, _CONTRAST, _PATHOLOGY, _MOTION, _ACQUISITION, _HEAD, _VESSELS = range(7)
 
 
 def _subject_key(subject: str) -> int:
@@ -46,6 +46,7 @@ def make_subject(cohort: str, subject: str, seed: int, sessions: int = 1,
     contrast = randomised_contrast(contrast_rng) if options.randomised else random_contrast(contrast_rng)
     head = random_head(_rng(seed, cohort, subject, _HEAD)) if options.whole_head else None
     acquisition = randomised_acquisition if options.randomised else random_acquisition
+    vessels = random_normal_enhancement(_rng(seed, cohort, subject, _VESSELS)) if options.randomised else None
     warp, pathology = cohort_sessions(cohort, _rng(seed, cohort, subject, _PATHOLOGY), anat, warp, sessions)
     grid = make_grid(anat.affine, anat.shape, options)
     motion = np.eye(4)
@@ -56,5 +57,6 @@ def make_subject(cohort: str, subject: str, seed: int, sessions: int = 1,
         acquisitions = {seq: acquisition(_rng(seed, cohort, subject, _ACQUISITION, index, SEQUENCES.index(seq)))
                         for seq in SEQUENCES if seq in options.sequences}
         out.append(render_session(anat, warp, contrast, pathology[index], motion, grid, acquisitions,
-                                  subject=subject, session=f"{index + 1:02d}", head=head, storage=options.storage))
+                                  subject=subject, session=f"{index + 1:02d}", head=head, storage=options.storage,
+                                  normal_enhancement=vessels, vessel_rng=_rng(seed, cohort, subject, _VESSELS, index)))
     return out

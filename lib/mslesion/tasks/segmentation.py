@@ -32,7 +32,7 @@ from ..datastore import atomic_write_text
 from ..inference import amp_sliding_window, gpu_peak_mb, reset_gpu_peak, threshold_label
 from ..metrics import without_small_lesions
 from ..networks import lesion_unet
-from ..recipes import Recipe, for_cpu, from_checkpoint
+from ..recipes import Recipe, for_cpu, from_checkpoint, postprocessing
 from ..report import lesion_report
 from ..studies import BASELINE, StudyError, earlier_session, parse_image_id
 from ..threads import apply_cpu_thread_policy
@@ -374,6 +374,8 @@ class LesionSegmentationTrain(StatsFileTrainTask):
         start_from = current if current.exists() else self.default_weights
         if pretrained:
             network.load_state_dict(weights.load_state(start_from))
+            # validate with, and publish, the threshold and minimum size tuned for the weights being fine-tuned
+            recipe = from_checkpoint(recipe, weights.load_metadata(start_from))
         lr = recipe.lr if pretrained else recipe.pretrain_lr
         started = time.strftime("%Y-%m-%dT%H:%M:%S")
         base = {
@@ -393,14 +395,15 @@ class LesionSegmentationTrain(StatsFileTrainTask):
         def progress(update: dict) -> None:
             self._write_stats({**base, **update})
 
-        result = fit(recipe, network, train_items, val_items, device, lr=lr, loss="ce", progress=progress)
+        result = fit(recipe, network, train_items, val_items, device, lr=lr, progress=progress)
         if not world.is_main:
             return None
         published = weights.publish(
             result.state,
             self.model_dir,
             recipe.task,
-            metadata={"best_epoch": result.best_epoch, "validation": result.validation, "pretrained": pretrained},
+            metadata={"best_epoch": result.best_epoch, "validation": result.validation, "pretrained": pretrained,
+                      "recipe": recipe.as_dict(), "postprocessing": postprocessing(recipe)},
         )
         stats = {
             **base,

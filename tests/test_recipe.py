@@ -1,0 +1,143 @@
+"""The training recipe's parts: per-lesion sampling, pooled scores, thresholds, post-processing stored with the
+weights, the poly curve, and a checkpointed run that resumes on the same curve."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from mslesion import weights
+from mslesion.evaluate import predicted_mask, tune_postprocessing
+from mslesion.inference import threshold_label
+from mslesion.metrics import count_scores, lesion_scores, pooled_scores
+from mslesion.networks import lesion_unet
+from mslesion.recipes import FLAIR_LESION, NEW_LESION, for_cpu, from_checkpoint, postprocessing
+from mslesion.training import fit, poly_schedule
+from mslesion.transforms import IMAGE, LABEL, LesionBalancedIndicesd
+
+TINY = replace(for_cpu(FLAIR_LESION), spacing=(4.0, 4.0, 4.0), patch=(16, 16, 16), patches_per_study=2,
+               batch_size=2, channels=(4, 8, 16, 32, 64), infer_roi=(64, 64, 48))
+
+
+def test_every_lesion_gets_the_same_number_of_centre_candidates():
+    label = torch.zeros(1, 60, 60, 60)
+    label[0, 5:35, 5:35, 5:35] = 1  # 27,000 voxels
+    label[0, 50, 50, 50] = 1  # one voxel
+    out = LesionBalancedIndicesd(per_lesion=32)({LABEL: label, f"{LABEL}_fg_indices": np.arange(3)})
+    picks = np.unravel_index(out[f"{LABEL}_fg_indices"], (60, 60, 60))
+    small = (picks[0] == 50) & (picks[1] == 50) & (picks[2] == 50)
+    assert small.sum() == 32 and (~small).sum() == 32  # per voxel the small one would be drawn 1 in 27,001
+    assert label[0][picks].min() == 1  # every candidate is a lesion voxel
+
+
+def test_a_label_without_lesions_keeps_its_indices():
+    out = LesionBalancedIndicesd()({LABEL: torch.zeros(1, 8, 8, 8), f"{LABEL}_fg_indices": np.arange(0)})
+    assert len(out[f"{LABEL}_fg_indices"]) == 0
+
+
+def test_pooled_scores_weigh_lesions_not_studies():
+    truth, empty = np.zeros((20, 20, 20)), np.zeros((20, 20, 20))
+    many = truth.copy()
+    for i in range(0, 20, 4):
+        many[i, 0:2, 0:2] = 1  # five lesions, all found
+    one = truth.copy()
+    one[10:12, 10:12, 10:12] = 1  # one lesion, missed
+    scores = [lesion_scores(many, many, 1), lesion_scores(one, empty, 1)]
+    pooled = pooled_scores(count_scores(scores))
+    assert pooled["sensitivity"] == pytest.approx(5 / 6)  # a per-study mean would say 0.5
+    assert pooled["fp_per_scan"] == 0 and pooled["studies"] == 2
+
+
+def test_threshold_label_is_the_softmax_probability_above_the_threshold():
+    logits = torch.randn(2, 6, 7, 5)
+    probability = torch.softmax(logits, dim=0)[1]
+    for t in (0.3, 0.5, 0.8):
+        assert torch.equal(threshold_label(logits, t)[0].bool(), probability > t)
+
+
+def test_postprocessing_travels_with_the_weights(tmp_path):
+    tuned = replace(FLAIR_LESION, threshold=0.7, min_lesion_voxels=12)
+    path = tmp_path / "w.pt"
+    weights.save_state(lesion_unet(FLAIR_LESION).state_dict(), path,
+                       metadata={"recipe": tuned.as_dict(), "postprocessing": postprocessing(tuned)})
+    read = from_checkpoint(FLAIR_LESION, weights.load_metadata(path))
+    assert (read.threshold, read.min_lesion_voxels) == (0.7, 12)
+    assert from_checkpoint(NEW_LESION, {}).min_lesion_voxels == NEW_LESION.min_lesion_voxels  # nothing stored
+
+
+def test_tuning_picks_a_threshold_that_removes_faint_false_positives():
+    truth = torch.zeros(1, 32, 32, 32)
+    truth[0, 5:10, 5:10, 5:10] = 1
+    margin = torch.full((1, 32, 32, 32), -5.0)
+    margin[0, 5:10, 5:10, 5:10] = 4.0  # the lesion, confidently
+    margin[0, 20:25, 20:25, 20:25] = 0.2  # a faint false positive (p = 0.55)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return torch.cat([torch.zeros_like(margin), margin])[None].expand(x.shape[0], -1, -1, -1, -1)
+
+    studies = [{IMAGE: torch.zeros(1, 32, 32, 32), LABEL: truth}]
+    best, scores = tune_postprocessing(Fixed(), studies, replace(FLAIR_LESION, infer_roi=(32, 32, 32)))
+    assert best["threshold"] >= 0.6 and scores["f1"] == 1.0
+    assert predicted_mask(margin[0], 0.5, 3).sum() > predicted_mask(margin[0], best["threshold"], 3).sum()
+
+
+def test_the_poly_curve_ends_at_zero_and_can_be_planned_late():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    plan = {"total": 10**9}
+    schedule = poly_schedule(opt, plan)
+    plan["total"] = 10
+    lrs = []
+    for _ in range(10):
+        opt.step()
+        schedule.step()
+        lrs.append(schedule.get_last_lr()[0])
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] == 0.0 and lrs[0] == pytest.approx(0.9**0.9)
+
+
+@pytest.fixture(scope="module")
+def tiny_items(tmp_path_factory):
+    from mslesion.phantoms import PhantomOptions, write_cohort
+
+    folder = tmp_path_factory.mktemp("tiny")
+    paths = write_cohort(folder, cohort="ms", subjects=3, seed=5, labelled=1.0,
+                         options=PhantomOptions(sequences=("FLAIR",), spacing=(4.0, 4.0, 4.0)))
+    return [{IMAGE: str(p), LABEL: str(folder / "labels" / "final" / p.name)} for p in sorted(paths)]
+
+
+@pytest.mark.slow
+def test_a_stopped_run_resumes_on_the_same_curve(tiny_items, tmp_path):
+    """Stopped after its first epoch (as SIGTERM does), the checkpoint holds the planned curve, the step and the
+    optimiser; resumed, the run ends at the planned total with the lr at zero, not restarted."""
+    recipe = replace(TINY, epochs=3)
+    saved = []
+    calls = {"n": 0}
+
+    def stop_after_first_epoch() -> bool:
+        calls["n"] += 1
+        return bool(saved)
+
+    torch.manual_seed(0)
+    first = fit(recipe, lesion_unet(recipe), tiny_items[:2], tiny_items[2:], torch.device("cpu"), lr=1e-3,
+                checkpoint=saved.append, stop=stop_after_first_epoch)
+    assert first.stopped and len(saved) >= 1
+    state = saved[-1]
+    planned, done = state["total_steps"], state["step"]
+    assert 0 < done < planned
+    path = tmp_path / "checkpoint.pt"
+    weights.save_atomic(state, path)
+    resumed_state = torch.load(path, weights_only=False)
+    history = []
+    second = fit(recipe, lesion_unet(recipe), tiny_items[:2], tiny_items[2:], torch.device("cpu"), lr=1e-3,
+                 resume=resumed_state, checkpoint=history.append)
+    assert not second.stopped
+    # the steps of the interrupted epoch count: the run ends at the planned step, one epoch row later
+    assert history[-1]["step"] == planned and second.rank_steps == [planned]
+    assert [row["epoch"] for row in second.history] == [1, 2]
+    assert second.history[0] == first.history[0]  # the first run's epoch, carried over
+    assert second.history[-1]["lr"] == 0.0
+    json.dumps(second.history)  # the stats file can hold it
