@@ -27,6 +27,7 @@ class PhantomOptions:
     storage: str = "int16"  # "int16" (no scaling), "float32", or "scaled_uint16" (integers with scl_slope/inter)
     whole_head: bool = False  # skull, marrow, scalp fat, skin and eyes around the brain (not skull-stripped)
     randomised: bool = False  # domain randomisation of contrast, bias, noise and lesion intensity (randomise.py)
+    site: str | None = None  # a named site's fixed appearance (randomise.SITES), e.g. for the new-site benchmark
 
     def __post_init__(self) -> None:
         """Reject options that would silently produce something else than asked."""

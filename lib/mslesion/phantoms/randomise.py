@@ -72,6 +72,27 @@ def random_options(rng: np.random.Generator, sequences: tuple[str, ...]) -> tupl
     return options, variant
 
 
+#: Named sites with an appearance outside the training ranges (the new-site benchmark): a FLAIR with poor CSF
+#: suppression, bright grey matter, faint lesions and a strong bias field.
+SITES = {
+    "site_b": {"gm_wm": {"FLAIR": 1.5, "T2w": 1.7, "T1w": 0.58}, "csf_wm": {"FLAIR": 0.6, "T2w": 3.2, "T1w": 0.18},
+               "lesion_gain": 0.42, "deep_gm_gain": 0.3, "bias_sd": 0.33, "noise": 0.075},
+}
+
+
+def site_contrast(site: str) -> SubjectContrast:
+    """The fixed tissue levels of a named site (SITES)."""
+    spec = SITES[site]
+    levels = {seq: {"wm": t["wm"], "gm": t["wm"] * spec["gm_wm"][seq], "csf": t["wm"] * spec["csf_wm"][seq]}
+              for seq, t in TISSUE_LEVELS.items()}
+    return SubjectContrast(levels, lesion_gain=spec["lesion_gain"], deep_gm_gain=spec["deep_gm_gain"])
+
+
+def site_acquisition(site: str, rng: np.random.Generator) -> Acquisition:
+    spec = SITES[site]
+    return Acquisition(gain=1.0, noise_fraction=spec["noise"], rng=rng, bias_sd=spec["bias_sd"])
+
+
 def randomised_contrast(rng: np.random.Generator) -> SubjectContrast:
     """Tissue levels, lesion gain and deep grey brightness of one subject, drawn from the wide ranges."""
     levels = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 import numpy as np
@@ -12,7 +13,14 @@ from .contrasts import random_acquisition, random_contrast
 from .deformation import random_session_motion, random_warp
 from .geometry import make_grid
 from .options import COHORTS, SEQUENCES, PhantomOptions
-from .randomise import random_head, random_normal_enhancement, randomised_acquisition, randomised_contrast
+from .randomise import (
+    random_head,
+    random_normal_enhancement,
+    randomised_acquisition,
+    randomised_contrast,
+    site_acquisition,
+    site_contrast,
+)
 from .session import PhantomSession, render_session
 
 # independent random streams, so that e.g. the sequences asked for never change the lesions
@@ -44,8 +52,12 @@ def make_subject(cohort: str, subject: str, seed: int, sessions: int = 1,
     warp = random_warp(_rng(seed, cohort, subject, _ANATOMY))
     contrast_rng = _rng(seed, cohort, subject, _CONTRAST)
     contrast = randomised_contrast(contrast_rng) if options.randomised else random_contrast(contrast_rng)
+    if options.site:
+        contrast = site_contrast(options.site)
     head = random_head(_rng(seed, cohort, subject, _HEAD)) if options.whole_head else None
     acquisition = randomised_acquisition if options.randomised else random_acquisition
+    if options.site:
+        acquisition = functools.partial(site_acquisition, options.site)
     vessels = random_normal_enhancement(_rng(seed, cohort, subject, _VESSELS)) if options.randomised else None
     warp, pathology = cohort_sessions(cohort, _rng(seed, cohort, subject, _PATHOLOGY), anat, warp, sessions)
     grid = make_grid(anat.affine, anat.shape, options)

@@ -35,9 +35,10 @@ from ..enhancement_prediction.pretrain import weights_metadata
 from ..enhancement_prediction.recipe import ENHANCEMENT_PREDICTION, PredictionRecipe
 from ..enhancement_prediction.slices import ENHANCING, LESION, enhancing_slices, load_study, to_slices
 from ..enhancement_prediction.training import train
-from ..inference import argmax_label, predict_logits
+from ..inference import predict_logits, threshold_label
+from ..metrics import without_small_lesions
 from ..networks import lesion_unet
-from ..recipes import FLAIR_LESION
+from ..recipes import FLAIR_LESION, Recipe, from_checkpoint
 from ..studies import FLAIR, T1, T1_POST, T2, StudyError, parse_image_id
 from ..transforms import IMAGE, preprocess
 from .segmentation import ReportsGpuPeak, RestoreGeometryd, StatsFileTrainTask, integer_offset, paste, write_label
@@ -78,7 +79,7 @@ class FlairLesionSegmenter:
 
     def __init__(self, model_dir: str, default_weights: Path):
         self.model_dir, self.default_weights = model_dir, default_weights
-        self._cached: tuple[str, float, str, torch.nn.Module] | None = None
+        self._cached: tuple[str, float, str, torch.nn.Module, Recipe] | None = None
 
     def weights_path(self) -> Path:
         published = weights.published_weights(self.model_dir, FLAIR_LESION.task)
@@ -96,13 +97,22 @@ class FlairLesionSegmenter:
         if self._cached is None or self._cached[:3] != (str(path), stamp, str(device)):
             network = lesion_unet(FLAIR_LESION)
             network.load_state_dict(weights.load_state(path))
-            self._cached = (str(path), stamp, str(device), network.to(device).eval())
+            recipe = from_checkpoint(FLAIR_LESION, weights.load_metadata(path))  # its tuned post-processing
+            self._cached = (str(path), stamp, str(device), network.to(device).eval(), recipe)
         return self._cached[3]
+
+    def recipe(self) -> Recipe:
+        """flair_lesion's recipe with the threshold and minimum lesion size stored in the weights in use."""
+        return self._cached[4] if self._cached else FLAIR_LESION
 
     def __call__(self, flair_path: str, reference: MetaTensor, device: torch.device) -> torch.Tensor:
         """Binary lesion mask (1, X, Y, Z) on ``reference``'s grid."""
         image = Compose(preprocess(FLAIR_LESION, device=device))({IMAGE: flair_path})[IMAGE]
-        label = argmax_label(predict_logits(self.network(device), image, FLAIR_LESION)).cpu()
+        network = self.network(device)
+        recipe = self.recipe()
+        logits = predict_logits(network, image, recipe, grow_window=True)
+        label = torch.as_tensor(without_small_lesions(threshold_label(logits, recipe.threshold).cpu().numpy()[0],
+                                                      recipe.min_lesion_voxels))[None]
         affine = np.asarray(reference.affine, dtype=np.float64)
         shape = [int(s) for s in reference.shape[1:]]
         offset = integer_offset(np.asarray(image.affine, dtype=np.float64), affine)
