@@ -79,6 +79,16 @@ def slicer_path(slicer, image_id):
     return path
 
 
+def stop_training(server):
+    """DELETE /train/ (the GUIs' Stop), then wait until the queue says it stopped."""
+    requests.delete(f"{server.url}/train/", timeout=60)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if requests.get(f"{server.url}/train/", timeout=30).json().get("status") != "RUNNING":
+            return
+        time.sleep(1)
+
+
 def blob(shape, centre, radius=3):
     grid = np.ogrid[tuple(slice(0, s) for s in shape)]
     return sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) <= radius**2
@@ -262,8 +272,7 @@ def test_follow_up_labels_without_new_lesions_are_skipped_by_new_lesion_training
         assert first.get("task") == "new_lesion" and first.get("status") == "RUNNING", first
         assert first["total_epochs"] == 1 and "total_time" not in first
     finally:
-        requests.delete(f"{server.url}/train/", timeout=60)
-        server.wait_for_training()
+        stop_training(server)
 
 
 # -- 2. train options and progress bars -----------------------------------------------------------------------------
@@ -323,5 +332,4 @@ def test_ohif_training_options_typed_as_text(ohif, server):
         assert ohif.update_model(), ohif.last_answer.text
         assert set(ohif.last_answer.json()) == {"flair_lesion"}
     finally:
-        requests.delete(f"{server.url}/train/", timeout=60)
-        server.wait_for_training()
+        stop_training(server)
