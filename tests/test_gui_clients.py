@@ -6,7 +6,6 @@ read from MONAI Label 0.8.5's sources; each test is one row of issue 13's table 
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
