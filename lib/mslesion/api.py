@@ -275,6 +275,8 @@ def build_router(msapp) -> APIRouter:  # noqa: C901 - one closure per route, kep
             reasons = " ".join(f"{m}: {why}" for m, why in skipped.items())
             how = (f"Train the others one by one (POST /train/<model>; in OHIF, change an option of {', '.join(ready)} "
                    "so that only it is sent). " if ready else "")
+            if not ready:
+                raise StudyError(422, f"No model can be trained now: {reasons} Nothing was queued.")
             raise StudyError(422, f"Not started, because {', '.join(skipped)} cannot be trained now: {reasons} {how}"
                                   "Nothing was queued.")
         result: dict[str, Any] = {}
