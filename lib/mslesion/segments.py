@@ -37,13 +37,13 @@ def _flag(value) -> bool:
 def label_in_vocabulary(path: str, kind: str | None, info: dict) -> Iterator[str]:
     """The label file to store: ``path`` itself, or a renumbered copy when ``info`` carries Slicer's ``label_info``.
 
-    ``info`` is updated with the values the stored label holds (``values``), so that training can tell a follow-up
-    whose new lesions were marked without reading the file, and ``new_lesions_marked`` is stored as a flag."""
+    With label_info, ``info`` gets the values the stored label holds (``values``), so that training can tell a
+    follow-up whose new lesions were marked without reading the file; ``new_lesions_marked`` is stored as a flag."""
     if NEW_LESIONS_MARKED in info:
         info[NEW_LESIONS_MARKED] = _flag(info[NEW_LESIONS_MARKED])
     label_info = info.get("label_info")
-    if not path.endswith((".nii", ".nii.gz")) or kind is None:
-        yield path
+    if not path.endswith((".nii", ".nii.gz")) or kind is None or not (isinstance(label_info, list) and label_info):
+        yield path  # nothing to map (plain REST saves): not read here, the datastore's check reads it once
         return
     try:
         image = nib.load(path)
@@ -55,12 +55,10 @@ def label_in_vocabulary(path: str, kind: str | None, info: dict) -> Iterator[str
     if not whole:  # fractional values: the datastore's check refuses them with the values it found
         yield path
         return
-    remapped = data
-    if isinstance(label_info, list) and label_info:
-        try:
-            remapped = remap_by_label_info(data, label_info, kind)
-        except SegmentProblem as problem:
-            raise StudyError(422, str(problem)) from problem
+    try:
+        remapped = remap_by_label_info(data, label_info, kind)
+    except SegmentProblem as problem:
+        raise StudyError(422, str(problem)) from problem
     info["values"] = sorted(int(v) for v in np.unique(remapped))
     if remapped is data:
         yield path
