@@ -482,7 +482,7 @@ def test_bad_requests_through_monailabel_client(suite, tmp_path):
         "unknown image": (lambda: client.infer("flair_lesion", "sub-99_ses-01_FLAIR", {}), 404, "not in the datastore"),
         "unknown strategy": (lambda: client.next_sample("smartest", {}), 404, "uncertainty"),
         "session garbage": (lambda: client.create_session(str(corrupt)), 422, "not a readable NIfTI"),
-        "train bad epochs": (lambda: client.train_start("flair_lesion", {"max_epochs": 0}), 422, "max_epochs"),
+        "train bad epochs": (lambda: client.train_start("flair_lesion", {"max_epochs": "many"}), 422, "max_epochs"),
     }
     for what, (call, status, words) in calls.items():
         with pytest.raises(MONAILabelClientException) as raised:

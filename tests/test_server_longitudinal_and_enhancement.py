@@ -66,7 +66,7 @@ def test_info_lists_the_new_tasks_with_their_inputs(client):
 
 
 def test_new_lesion_finds_the_new_lesions_on_the_follow_up_grid(server, client, longitudinal_root):
-    predicted, answer = answered(server, client, "new_lesion", FOLLOW_UP)
+    predicted, answer = answered(server, client, "new_lesion", FOLLOW_UP, {"include_all_lesions": False})
     assert set(np.unique(predicted)) <= {0, 2}
     new = truth(longitudinal_root, FOLLOW_UP) == 2
     scores = lesion_scores(new, predicted == 2)
@@ -77,9 +77,10 @@ def test_new_lesion_finds_the_new_lesions_on_the_follow_up_grid(server, client, 
     assert answer["lesions"]["new_count"] == answer["lesions"]["count"]
 
 
-def test_include_all_lesions_marks_the_old_ones_as_1(server, client):
-    predicted, _ = answered(server, client, "new_lesion", FOLLOW_UP, {"include_all_lesions": True})
+def test_include_all_lesions_marks_the_old_ones_as_1_by_default(server, client):
+    predicted, answer = answered(server, client, "new_lesion", FOLLOW_UP)
     assert {0, 1} <= set(np.unique(predicted)) <= {0, 1, 2}
+    assert answer["label_names"] == {"MS lesion": 1, "new MS lesion": 2}
 
 
 def test_explicit_baseline_of_another_subject_needs_force(server, client):

@@ -15,11 +15,14 @@ from monailabel.config import settings  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.utils.others.generic import strtobool  # noqa: E402
 
-from mslesion import __version__, api, studycache  # noqa: E402
+from mslesion import __version__, api, studycache, trainstats  # noqa: E402
 from mslesion.datastore import ValidatingDatastore  # noqa: E402
+from mslesion.leases import LEASES  # noqa: E402
 from mslesion.strategies import FirstStrategy, FlipUncertaintyScoring, RandomStrategy, UncertaintyStrategy  # noqa: E402
 from mslesion.studies import BASELINE, StudyError, resolve_baseline, resolve_sequences  # noqa: E402
 from mslesion.tasks import TASKS  # noqa: E402
+from mslesion.tasks.enhancement_prediction import remember_prediction  # noqa: E402
+from mslesion.vocabulary import APP_LABELS  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class MSApp(MONAILabelApp):
             studies=studies,
             conf=conf,
             name="msapp",
+            labels=list(APP_LABELS),  # Slicer numbers a FLAIR's segments by this order: 1 MS lesion, 2 new MS lesion
             description="Multiple sclerosis lesion segmentation with active learning (phantom-trained defaults)",
             version=__version__,
         )
@@ -81,6 +85,7 @@ class MSApp(MONAILabelApp):
         return self._flair_scoring
 
     def init_strategies(self):
+        LEASES.seconds = float(self.conf.get("sample_lease_s", LEASES.seconds))  # Next Sample holds a study this long
         strategies = {"random": RandomStrategy(), "first": FirstStrategy()}
         scoring = self._uncertainty_scoring()
         if scoring:
@@ -109,19 +114,29 @@ class MSApp(MONAILabelApp):
             raise StudyError(404, f"There is no trainer '{model}'; available: {', '.join(self._trainers)}.")
         self._trainers[model].check_ready(self.datastore())
 
+    def info(self):
+        """Stock info, with training stats the GUIs can read: their keys, and the running trainer's first."""
+        meta = super().info()
+        meta["train_stats"] = trainstats.for_clients(meta.get("train_stats") or {}, api.running_training())
+        return meta
+
     def infer(self, request, datastore=None):
         config = self.check_model(request.get("model", ""))
         image = request.get("image")
-        if isinstance(image, str) and not os.path.exists(image):
+        if isinstance(image, str) and not os.path.exists(image) and not request.get("sequences"):
             recipe = config.recipe
             request = dict(request)
             store = datastore or self.datastore()
             request["sequences"] = resolve_sequences(store, image, config.name, recipe.inputs[0], recipe.inputs[1:])
             if recipe.longitudinal:
                 request["sequences"][BASELINE] = resolve_baseline(
-                    store, image, config.name, request.get("baseline"), force=strtobool(request.get("force_baseline"))
+                    store, image, config.name, request.get("baseline") or None,
+                    force=strtobool(str(request.get("force_baseline") or False)),
                 )
-        return super().infer(request, datastore)
+        result = super().infer(request, datastore)
+        if config.name == "enhancement_prediction" and isinstance(image, str) and not os.path.exists(image):
+            remember_prediction(datastore or self.datastore(), image, result)  # where a GUI user can read it
+        return result
 
     def next_sample(self, request):
         strategy = request.get("strategy") or "random"

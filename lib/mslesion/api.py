@@ -36,7 +36,10 @@ from monailabel.utils.async_tasks.utils import tasks
 from monailabel.utils.others.generic import get_mime_type
 
 from . import security, weights
+from . import sessions as sessions_placement
 from .datastore import check_id, check_tag, read_volume
+from .options import normalise, normalise_train
+from .segments import image_kind, label_in_vocabulary
 from .studies import StudyError, parse_image_id, resolve_sequences
 from .uploads import (
     check_infer_params,
@@ -58,6 +61,14 @@ ADMIN, ANNOTATOR, USER = (
 )
 
 __all__ = ["build_router", "install", "parse_params"]
+
+
+def running_training() -> str | None:
+    """The model the server's training queue runs now, if any."""
+    for task in tasks("train"):
+        if task.get("status") == "RUNNING":
+            return (task.get("request") or {}).get("model")
+    return None
 
 
 def _username(user: User | None) -> str | None:
@@ -134,12 +145,12 @@ def build_router(msapp) -> APIRouter:  # noqa: C901 - one closure per route, kep
         output: Optional[stock_infer.ResultType] = None,  # noqa: UP045 - FastAPI reads this annotation
         user: User = Depends(RBAC(USER)),
     ):
-        request_params = parse_params(params)
         if model not in msapp._infers:
             msapp.check_model(model)  # the 404 that lists the models
         task = msapp._infers[model]
-        defaults = task.config() if callable(getattr(task, "config", None)) else {}
-        check_infer_params(request_params, defaults or {})
+        defaults = (task.config() if callable(getattr(task, "config", None)) else {}) or {}
+        request_params = normalise(parse_params(params), defaults)  # the GUIs' "" and "3" for defaults and 3
+        check_infer_params(request_params, defaults)
         if label is not None:
             raise StudyError(422, f"{model} takes no label input; send only the image.")
         if output == stock_infer.ResultType.dicom_seg:
@@ -173,8 +184,16 @@ def build_router(msapp) -> APIRouter:  # noqa: C901 - one closure per route, kep
                     raise StudyError(
                         404, f"Session '{session_id}' does not exist (or expired); create one with PUT /session/."
                     )
-                request["image"] = session.image
-                request["session"] = session.to_json()
+                recipe = recipe_of(model)
+                placed = sessions_placement.place(
+                    store(), model, infer_inputs(model) or [getattr(recipe, "inputs", ("FLAIR",))[0]],
+                    bool(getattr(recipe, "longitudinal", False)), image or "", session.image, request_params,
+                )
+                request.update(placed)
+                if placed["image"] != session.image:  # a datastore image: its companions are resolved as usual
+                    check_inputs(model, placed["image"])
+                else:
+                    request["session"] = session.to_json()
             elif image:
                 request["image"] = known_image(image)
                 check_inputs(model, image)
@@ -224,7 +243,8 @@ def build_router(msapp) -> APIRouter:  # noqa: C901 - one closure per route, kep
     ):
         if model not in msapp._trainers:
             msapp.check_trainable(model)  # the 404 that lists the trainers
-        check_train_params(params or {}, trainer_defaults(model))
+        params = normalise_train(params or {}, trainer_defaults(model))  # "" / 0: the schedule's own; "3": 3
+        check_train_params(params, trainer_defaults(model))
         msapp.check_trainable(model)
         check_request = getattr(msapp._trainers[model], "check_request", None)
         if check_request:  # e.g. more training processes than visible GPUs: 422 now, not a failed run later
@@ -240,24 +260,30 @@ def build_router(msapp) -> APIRouter:  # noqa: C901 - one closure per route, kep
         user: User = Depends(RBAC(ADMIN)),
     ):
         refuse_second_training()
-        ready, skipped = [], {}
-        for model in msapp._trainers:
+        named = [m for m in (params or {}) if m in msapp._trainers and isinstance(params[m], dict)]
+        wanted = named or list(msapp._trainers)  # OHIF sends {model: options} for the models whose options it edited
+        ready, skipped, requests = [], {}, {}
+        for model in wanted:
             try:
+                requests[model] = normalise_train((params or {}).get(model) or {}, trainer_defaults(model))
+                check_train_params(requests[model], trainer_defaults(model))
                 msapp.check_trainable(model)
-                check_train_params((params or {}).get(model) or {}, trainer_defaults(model))
                 ready.append(model)
             except StudyError as error:
                 skipped[model] = error.message
-        if not ready:
+        if skipped:  # a 200 would tell the GUI every model started ("Model update task STARTED")
             reasons = " ".join(f"{m}: {why}" for m, why in skipped.items())
-            raise StudyError(422, f"No model can be trained now: {reasons}")
+            how = (f"Train the others one by one (POST /train/<model>; in OHIF, change an option of {', '.join(ready)} "
+                   "so that only it is sent). " if ready else "")
+            if not ready:
+                raise StudyError(422, f"No model can be trained now: {reasons} Nothing was queued.")
+            raise StudyError(422, f"Not started, because {', '.join(skipped)} cannot be trained now: {reasons} {how}"
+                                  "Nothing was queued.")
         result: dict[str, Any] = {}
         for model in ready:
-            request = {"model": model, **((params or {}).get(model) or {})}
-            res, detail = AsyncTask.run("train", request=request, params=params, force_sync=run_sync, enqueue=True)
+            request = {"model": model, **requests[model]}
+            res, detail = AsyncTask.run("train", request=request, params=None, force_sync=run_sync, enqueue=True)
             result[model] = {"result": res, "detail": detail}
-        for model, why in skipped.items():
-            result[model] = {"result": None, "detail": f"not started: {why}"}
         return result
 
     # -- active learning ------------------------------------------------------------------------------------------
@@ -353,7 +379,9 @@ def build_router(msapp) -> APIRouter:  # noqa: C901 - one closure per route, kep
         # OHIF's MONAI Label panel sends raw voxels as 'label.bin': taken where the datastore can place them
         raw = (".bin",) if callable(getattr(store(), "bin_to_nifti", None)) else ()
         with received(label, "label", "label", also=raw) as path:
-            label_id = store().save_label(image, path, tag, info)
+            kind = image_kind(store(), image) if path.endswith((".nii", ".nii.gz")) else None
+            with label_in_vocabulary(path, kind, info) as stored:  # Slicer's label_info names -> stored values
+                label_id = store().save_label(image, stored, tag, info)
         answer = msapp.on_save_label(image, label_id) or {}
         answer.update({"image": image, "label": label_id})
         return answer

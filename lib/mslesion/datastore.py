@@ -17,6 +17,7 @@ read. This datastore
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import os
@@ -33,15 +34,17 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from nibabel.openers import ImageOpener
 
-from .studies import FLAIR, T1_POST, StudyError, parse_image_id
+from .studies import StudyError, parse_image_id
+from .vocabulary import VOCABULARY, allowed_values
 
 logger = logging.getLogger(__name__)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 _SAFE_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
-# Label values a saved label of each sequence may hold (DESIGN.md: 1 = lesion, 2 = new lesion on FLAIR).
-LABEL_VALUES = {FLAIR: {0, 1, 2}, T1_POST: {0, 1}}
+# Label values a saved label of each sequence may hold (mslesion.vocabulary: 1 = MS lesion, 2 = new MS lesion on a
+# FLAIR; 1 = enhancing lesion on a post-contrast T1).
+LABEL_VALUES = {suffix: allowed_values(suffix) for suffix in VOCABULARY}
 AFFINE_TOLERANCE_MM = 1e-2
 # What an MRI volume can plausibly be. A 0.5 mm isotropic whole head is about 512x512x400 = 1e8 voxels.
 MAX_VOXELS = int(os.environ.get("MSAPP_MAX_VOXELS", 2**28))
@@ -201,6 +204,14 @@ def read_volume(path: str, what: str, kind: str = "image") -> nib.Nifti1Image:
     return image
 
 
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _fsync_dir(folder: str) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -348,10 +359,14 @@ class ValidatingDatastore(LocalDatastore):
         check_id(image_id)
         ext = nifti_extension(image_filename)
         if image_id in self._datastore.objects:
+            if self.same_image(image_id, image_filename):  # Slicer uploads a local copy before Submit Label
+                logger.info("upload of %s: identical to the stored image, nothing written", image_id)
+                return image_id
             raise StudyError(
                 409,
-                f"Image '{image_id}' already exists; its saved labels belong to that file. Upload under a new id, "
-                "or delete it first (DELETE /datastore/image?id=...).",
+                f"Image '{image_id}' already exists and the uploaded volume differs from it (other voxels or grid); "
+                "its saved labels belong to the stored file. Upload under a new id (in Slicer: rename the volume), or "
+                "delete it first (DELETE /datastore/image?id=...).",
             )
         read_volume(image_filename, "uploaded image", kind="image")
         if parse_image_id(image_id) is None:
@@ -367,6 +382,26 @@ class ValidatingDatastore(LocalDatastore):
             self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
             self._update_datastore_file(lock=False)
         return image_id
+
+    def same_image(self, image_id: str, filename: str) -> bool:
+        """Whether an upload is the stored image again: the same bytes, or the same grid and voxel values (a viewer
+        that saves a loaded volume writes another file of the same image)."""
+        stored = self.get_image_uri(image_id)
+        if not stored or not os.path.exists(stored):
+            return False
+        if os.path.getsize(stored) == os.path.getsize(filename) and _sha256(stored) == _sha256(filename):
+            return True
+        try:
+            new = read_volume(filename, "uploaded image", kind="image")
+            old = nib.load(stored)
+        except StudyError:
+            return False
+        if tuple(new.shape[:3]) != tuple(old.shape[:3]):
+            return False
+        if float(np.abs(np.asarray(new.affine) - np.asarray(old.affine)).max()) > AFFINE_TOLERANCE_MM:
+            return False
+        return bool(np.array_equal(np.asanyarray(new.msapp_data).reshape(old.shape[:3]),
+                                   np.asanyarray(old.dataobj).reshape(old.shape[:3])))
 
     def remove_image(self, image_id: str) -> None:
         if image_id not in self._datastore.objects:
@@ -414,10 +449,13 @@ class ValidatingDatastore(LocalDatastore):
             allowed = set(range(256))
         if not present <= allowed:
             shown = sorted(allowed) if len(allowed) < 10 else "0..255"
+            names = VOCABULARY.get(ref.suffix, {}) if ref else {}
+            meaning = f" ({', '.join(f'{v} = {n}' for n, v in names.items())})" if names else ""
             raise StudyError(
                 422,
-                f"The label of a {ref.suffix if ref else 'image'} may hold only values {shown}; "
-                f"this one holds {sorted(present - allowed)[:10]}.",
+                f"The label of a {ref.suffix if ref else 'image'} may hold only values {shown}{meaning}; "
+                f"this one holds {sorted(present - allowed)[:10]}. From Slicer, Submit Label sends the segment "
+                "names with the label and they are stored as these values; name your segments after them.",
             )
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:

@@ -1,5 +1,7 @@
 """Active learning: which unlabelled study a radiologist should correct next.
 
+Every strategy hands out an image nobody else holds (mslesion.leases), so concurrent annotators get different studies.
+
 Strategies pick among the unlabelled images of a task's primary sequence (FLAIR for flair_lesion), never a
 T1w or T2w companion. ``uncertainty`` ranks them by a flip test-time-augmentation score: how much the model's
 lesion probability changes when the brain is mirrored, averaged over the voxels any pass calls lesion.
@@ -20,6 +22,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.utils.others.generic import name_to_device
 
 from .inference import amp_sliding_window
+from .leases import LEASES
 from .studies import FLAIR, catalogue_of
 
 logger = logging.getLogger(__name__)
@@ -99,13 +102,15 @@ class UncertaintyStrategy(Strategy):
 
     def __call__(self, request, datastore: Datastore):
         ids = unlabelled_images(datastore, self.scoring.infer_task.recipe.inputs[0])
-        if not ids:
-            return None
         limit = int(request.get("max_candidates", self.max_candidates))
-        candidates = ids if limit <= 0 else ids[:limit]
-        scores = self.scoring.score(datastore, candidates, name_to_device(request.get("device", "cuda")))
-        best = max(candidates, key=lambda i: scores[i])
-        return {"id": best, "score": scores[best], "strategy": "uncertainty"}
+
+        def most_uncertain(pool: list[str]) -> dict:
+            candidates = pool if limit <= 0 else pool[:limit]
+            scores = self.scoring.score(datastore, candidates, name_to_device(request.get("device", "cuda")))
+            best = max(candidates, key=lambda i: scores[i])
+            return {"id": best, "score": scores[best], "strategy": "uncertainty"}
+
+        return LEASES.choose(ids, most_uncertain)
 
 
 class RandomStrategy(Strategy):
@@ -115,7 +120,7 @@ class RandomStrategy(Strategy):
 
     def __call__(self, request, datastore: Datastore):
         ids = unlabelled_images(datastore, self.sequence)
-        return {"id": random.choice(ids), "strategy": "random"} if ids else None
+        return LEASES.choose(ids, lambda pool: {"id": random.choice(pool), "strategy": "random"})
 
 
 class FirstStrategy(Strategy):
@@ -125,4 +130,4 @@ class FirstStrategy(Strategy):
 
     def __call__(self, request, datastore: Datastore):
         ids = unlabelled_images(datastore, self.sequence)
-        return {"id": ids[0], "strategy": "first"} if ids else None
+        return LEASES.choose(ids, lambda pool: {"id": pool[0], "strategy": "first"})

@@ -143,8 +143,9 @@ class BidsCatalogue:
 
     def missing_companions_message(self, task: str, image_id: str, missing: list[SequenceRef]) -> str:
         return (
-            f"{task} needs {', '.join(m.image_id for m in missing)} beside {image_id} (same subject and session); "
-            "upload it with PUT /datastore/image?image=<id>."
+            f"{task} needs {', '.join(m.image_id for m in missing)} beside {image_id} (same subject and session): "
+            "copy the file as <id>.nii.gz into the server's studies folder, or upload it with "
+            "PUT /datastore/image?image=<id>."
         )
 
     def no_baseline_message(self, task: str, ref: SequenceRef) -> str:

@@ -25,16 +25,14 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ..answers import write_nifti_label
-from ..studies import FLAIR, T1_POST, StudyError
+from ..studies import StudyError
+from ..vocabulary import VOCABULARY
 
 logger = logging.getLogger(__name__)
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-#: What each label value of each sequence's label means (DESIGN.md: FLAIR 1 lesion, 2 new lesion; T1 post 1).
-SEGMENTS = {
-    FLAIR: {1: "MS lesion", 2: "New MS lesion"},
-    T1_POST: {1: "Enhancing lesion"},
-}
+#: What each label value of each sequence's label means: the segment names of mslesion.vocabulary.
+SEGMENTS = {suffix: {value: name for name, value in names.items()} for suffix, names in VOCABULARY.items()}
 COLOURS_LAB = {1: (54534, 54054, 7164), 2: (65535, 32896, 32896)}  # DICOM-scaled CIELab (yellow, red)
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

@@ -41,6 +41,7 @@ from ..networks import lesion_unet
 from ..recipes import FLAIR_LESION, Recipe, from_checkpoint
 from ..studies import FLAIR, T1, T1_POST, T2, StudyError, parse_image_id
 from ..transforms import IMAGE, preprocess
+from ..vocabulary import answer_segment_name, model_labels
 from .segmentation import ReportsGpuPeak, RestoreGeometryd, StatsFileTrainTask, integer_offset, paste, write_label
 
 logger = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ class EnhancementPredictionInfer(ReportsGpuPeak, BasicInferTask):
             path=paths,
             network=network,
             type=InferType.SEGMENTATION,
-            labels={"lesion in a slice predicted to enhance": 1},
+            labels=model_labels(recipe.task),
             dimension=3,
             description=description,
             input_key="slices",
@@ -218,6 +219,15 @@ class EnhancementPredictionInfer(ReportsGpuPeak, BasicInferTask):
         info = super().info()
         info["inputs"] = list(self.recipe.inputs)
         return info
+
+    def __call__(self, request, callbacks=None):
+        """The answer's segment is named with the decision and probability (``label_names``): the one place both
+        Slicer's segment list and a saved scene show it. BasicInferTask sets label_names last, hence here."""
+        label, result = super().__call__(request, callbacks)
+        if isinstance(result, dict) and "probability" in result:
+            name = answer_segment_name(float(result["probability"]), result.get("decision") == "enhancing")
+            result["label_names"] = {name: 1}
+        return label, result
 
     def pre_transforms(self, data=None):
         data = data or {}
@@ -267,6 +277,23 @@ class EnhancementPredictionInfer(ReportsGpuPeak, BasicInferTask):
         return path, result
 
 
+SUMMARY_KEYS = ("probability", "decision", "threshold", "lesion_mask_source", "weights")
+
+
+def remember_prediction(store, image_id: str, result: dict | None) -> None:
+    """Keeps the answer's decision in the image's info, where a GUI user can read it (OHIF never sees the params)."""
+    params = (result or {}).get("params") or {}
+    if "probability" not in params:
+        return
+    summary = {key: params.get(key) for key in SUMMARY_KEYS}
+    summary["slices_predicted"] = [row["index"] for row in params.get("slices", []) if row.get("predicted")]
+    summary["ts"] = int(time.time())
+    try:
+        store.update_image_info(image_id, {"enhancement_prediction": summary})
+    except Exception as error:  # the answer itself is what matters; its copy in the info is a convenience
+        logger.warning("could not keep enhancement_prediction's answer in %s's info: %s", image_id, error)
+
+
 def check_companions(data: dict) -> None:
     """Fills ``sequences`` from the FLAIR's BIDS name when a caller passed a file path (the app resolves ids itself),
     and answers 422 naming a missing T1w or T2w."""
@@ -285,8 +312,9 @@ def check_companions(data: dict) -> None:
     if missing:
         raise StudyError(
             422,
-            f"enhancement_prediction needs {', '.join(missing)} beside the FLAIR (same subject and session); "
-            "upload it with PUT /datastore/image?image=<id>.",
+            f"enhancement_prediction needs {', '.join(missing)} beside the FLAIR (same subject and session): copy "
+            "the file(s) as <id>.nii.gz into the server's studies folder, or upload with "
+            "PUT /datastore/image?image=<id>.",
         )
     data["sequences"] = sequences
 
@@ -407,8 +435,12 @@ class EnhancementPrediction(TaskConfig):
     """TaskConfig of enhancement_prediction: weights (published > user's > shipped), the lesion segmenter, tasks."""
 
     recipe: PredictionRecipe = ENHANCEMENT_PREDICTION
-    description = ("Gadolinium-free prediction of enhancing lesions from T1w, T2w and FLAIR (Narayana 2020): "
-                   "participant-wise probability, slice scores, and the lesions of slices predicted to enhance")
+    description = ("Gadolinium-free prediction of enhancing lesions from T1w, T2w and FLAIR (Narayana 2020), opened "
+                   "on the FLAIR. Slicer names the answered segment with the decision and probability, e.g. 'MS "
+                   "lesion (predicted enhancing, p = 0.83)'; it holds the lesions of the slices predicted to enhance. "
+                   "The full answer (probability, decision, threshold, slice scores) is in the response params "
+                   "(Slicer's Python console) and is kept in the image's info: GET /datastore/image/info?image=<FLAIR "
+                   "id>, key enhancement_prediction")
 
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs):
         super().init(name, model_dir, conf, planner, **kwargs)

@@ -38,6 +38,7 @@ from ..studies import BASELINE, StudyError, earlier_session, parse_image_id
 from ..threads import apply_cpu_thread_policy
 from ..training import fit
 from ..transforms import IMAGE, preprocess
+from ..vocabulary import model_labels
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class LesionSegmentationInfer(ReportsGpuPeak, BasicInferTask):
             path=paths,
             network=network,
             type=InferType.SEGMENTATION,
-            labels={"lesion": recipe.output_value},
+            labels=model_labels(recipe.task),
             dimension=3,
             description=description,
             roi_size=recipe.infer_roi,
@@ -287,12 +288,14 @@ class LesionSegmentationTrain(StatsFileTrainTask):
         self.default_weights = default_weights
 
     def config(self) -> dict:
+        # Numbers, never None: Slicer's options table sends a None default back as "" and OHIF's skips it. 0 means
+        # the schedule's own value (mslesion.options drops it before the request reaches the recipe).
         return {
             "pretrained": True,
-            "schedule": "auto",  # "paper" for the published schedule, "cpu" for the short one, auto picks
-            "max_epochs": None,
+            "schedule": ["auto", "paper", "cpu"],  # a choice: "paper" published schedule, "cpu" short one, auto picks
+            "max_epochs": 0,
             "lr": self.recipe.lr,
-            "patches_per_study": None,
+            "patches_per_study": 0,
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             # MONAI Label's multi-GPU params: one DDP process per visible GPU ("gpus": "0,1" narrows them);
             # world_size 0 means one per GPU; a positive one on a CPU server runs that many gloo processes.
