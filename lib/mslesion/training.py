@@ -189,7 +189,7 @@ def fit(
     criterion = loss_function(loss or recipe.loss)
     dtype = amp_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    state = {"epoch": 0, "step": 0, "best": {"f1": -1.0}, "best_epoch": 0, "ema": None, "history": [],
+    state = {"epoch": 0, "step": 0, "best": {}, "best_ema": -1.0, "best_epoch": 0, "ema": None, "history": [],
              "best_state": copy.deepcopy(network.state_dict()), "patches": 0, "train_seconds": 0.0}
     if resume:
         network.load_state_dict(resume["model"])
@@ -256,8 +256,9 @@ def fit(
         state["history"].append(row)
         state["epoch"] = epoch
         logger.info("epoch %d/%d %s", epoch, total_epochs, row)
-        if distributed.from_main(not any_validation or state["ema"] > state["best"]["f1"]):
-            state["best"], state["best_epoch"] = {"f1": state["ema"], **metrics}, epoch
+        if distributed.from_main(not any_validation or state["ema"] > state["best_ema"]):
+            state["best"], state["best_epoch"], state["best_ema"] = {**metrics, "f1_ema": state["ema"]}, epoch, \
+                state["ema"]
             state["best_state"] = copy.deepcopy(network.state_dict())
         if progress and rank == 0:
             progress({"epoch": epoch, "epochs": total_epochs, "history": state["history"],
