@@ -9,7 +9,7 @@ CONF     ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv demo serve test test-gpu lint bench pretrain clean-demo
+.PHONY: venv demo serve test test-gpu lint bench pretrain evaluate clean-demo
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -46,11 +46,19 @@ bench: venv
 test-gpu: venv
 	PYTHONPATH=lib $(PY) -m pytest -m gpu tests/test_gpu.py $(PYTEST_ARGS)
 
+# long, resumable, domain-randomised pretraining (runs/ is git-ignored; re-running resumes from its checkpoint)
+BUDGET_MIN ?= 120
 pretrain: venv
-	PYTHONPATH=lib $(PY) -m mslesion.pretrain flair_lesion
-	PYTHONPATH=lib $(PY) -m mslesion.pretrain new_lesion --init-from model/flair_lesion.pt
-	PYTHONPATH=lib $(PY) -m mslesion.pretrain enhancement --init-from model/flair_lesion.pt
+	PYTHONPATH=lib $(PY) -m mslesion.pretrain flair_lesion --budget-min $(BUDGET_MIN) --run-dir runs/flair_lesion --threads 1
+	PYTHONPATH=lib $(PY) -m mslesion.pretrain enhancement --budget-min $(BUDGET_MIN) --run-dir runs/enhancement --threads 1
+	PYTHONPATH=lib $(PY) -m mslesion.pretrain new_lesion --budget-min $(BUDGET_MIN) --run-dir runs/new_lesion --threads 1 \
+		--init-from model/flair_lesion.pt
 	PYTHONPATH=lib $(PY) -m mslesion.enhancement_prediction.pretrain
+
+# pooled lesion-wise scores of a task's weights on the shifted test split, per acquisition variant
+TASK ?= flair_lesion
+evaluate: venv
+	PYTHONPATH=lib $(PY) -m mslesion.evaluate $(TASK)
 
 clean-demo:
 	rm -rf demo

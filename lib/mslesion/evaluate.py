@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=90210, help="test seed (training never uses 90000-99999)")
     parser.add_argument("--data", type=Path, default=None, help="keep the test studies here (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--card", action="store_true",
+                        help="also put the results into model/TASK.json and rewrite the model card")
     args = parser.parse_args(argv)
     path = args.weights or weights.default_weights(args.task)
     recipe = from_checkpoint(RECIPES[args.task], weights.load_metadata(path))
@@ -107,6 +110,16 @@ def main(argv: list[str] | None = None) -> None:
     print("pooled", json.dumps({k: round(v, 3) for k, v in out["pooled"].items()}))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
+    if args.card:
+        from .pretrain import write_model_card
+
+        card_path = path.with_suffix(".json")
+        card = json.loads(card_path.read_text())
+        card["shifted_split"] = {k: v for k, v in out.items() if k != "postprocessing"}
+        used = sys.argv[1:] if argv is None else argv
+        card["shifted_split_command"] = "python -m mslesion.evaluate " + " ".join(used)
+        card_path.write_text(json.dumps(card, indent=1, default=str) + "\n")
+        write_model_card(args.task, card, path.with_suffix(".md"))
 
 
 if __name__ == "__main__":
