@@ -242,6 +242,7 @@ RANDOMISED_COHORTS = {
     "enhancement": {"ms": 30, "metastasis": 8},
 }
 VALIDATION_SUBJECTS = 8
+VALIDATION_SHARE = 0.15
 #: Sessions per subject: MS follow-ups bring new lesions, most of them enhancing (enhancement needs them).
 RANDOMISED_SESSIONS = {"flair_lesion": 1, "new_lesion": 2, "enhancement": 2}
 
@@ -290,9 +291,9 @@ def pretrain_budgeted(task: str, budget_min: float, run_dir: Path, resume: bool,
     if init_from and previous is None:
         network.load_state_dict(weights.transfer_state(weights.load_state(init_from), network.state_dict()))
     def plan(rate: float) -> int:
-        """Steps that fit the budget at the measured rate; about a fifth of the time goes to validation."""
+        """Steps that fit the budget at the measured rate, VALIDATION_SHARE of the time left to validation."""
         remaining_s = budget_min * 60 - (time.time() - started)
-        total = max(10, int(0.8 * remaining_s * rate))
+        total = max(10, int((1 - VALIDATION_SHARE) * remaining_s * rate))
         print(json.dumps({"planned_steps": total, "steps_per_second": round(rate, 3)}), flush=True)
         return total
 
@@ -309,7 +310,8 @@ def pretrain_budgeted(task: str, budget_min: float, run_dir: Path, resume: bool,
         print(json.dumps({"finalised_at_step": previous["step"], "of_planned": previous["total_steps"]}), flush=True)
     else:
         result = fit(recipe, network, train_items, val_items, device, lr=recipe.pretrain_lr, seed=seed,
-                     plan_steps=plan, resume=previous, checkpoint=checkpoint, stop=StopFlag(),
+                     plan_steps=plan, validation_share=VALIDATION_SHARE, resume=previous, checkpoint=checkpoint,
+                     stop=StopFlag(),
                      progress=lambda u: print(json.dumps(u["history"][-1]), flush=True))
     if result.stopped:
         print(json.dumps({"stopped": True, "checkpoint": str(state_path), "resume": "--resume"}), flush=True)

@@ -136,6 +136,7 @@ def fit(
     seed: int = 0,
     total_steps: int | None = None,
     plan_steps: Callable[[float], int] | None = None,
+    validation_share: float | None = None,
     resume: dict | None = None,
     checkpoint: Callable[[dict], None] | None = None,
     stop: Callable[[], bool] | None = None,
@@ -147,6 +148,8 @@ def fit(
     picked on an exponential moving average of that F1 (a single lucky epoch on few studies does not win).
     ``plan_steps`` (a time-budgeted run) is given the measured steps per second, patch making included, after the
     first PLAN_AFTER_BATCHES loaded batches, and returns the run's total steps; the curve is planned over those.
+    With ``validation_share`` (a budgeted run) validation after the first epoch happens every k epochs, k chosen
+    so that it takes about that share of the time; the last epoch is always validated.
     ``checkpoint`` receives the whole training state (weights, optimiser, schedule, step, RNG, best) after every
     epoch and when ``stop`` turns true; ``resume`` continues from such a state on the same curve.
 
@@ -232,13 +235,22 @@ def fit(
             stopped = bool(distributed.from_main(bool(stop and stop())))
             if stopped or state["step"] >= plan["total"]:
                 break
-        state["train_seconds"] += time.time() - epoch_start
+        train_seconds = time.time() - epoch_start
+        state["train_seconds"] += train_seconds
         if stopped and state["step"] < plan["total"]:  # an interrupted epoch is not validated; resume goes on
             if checkpoint and rank == 0:
                 checkpoint(snapshot())
             break
+        last = state["step"] >= plan["total"]
+        if not last and (epoch - 1) % state.get("validate_every", 1):
+            state["epoch"] = epoch
+            continue
         # the bare network, not the DDP wrapper: ranks validate different numbers of studies without collectives
+        validation_start = time.time()
         metrics = combine_scores(distributed.gather(score_studies(network, val_studies, recipe)))
+        if validation_share and epoch == 1:  # validate every k epochs, so validation takes about this share
+            spent = distributed.reduce(time.time() - validation_start, "max", device)
+            state["validate_every"] = max(1, math.ceil(spent / (validation_share * max(1e-6, train_seconds))))
         mean_loss = distributed.reduce(sum(losses) / max(1, len(losses)), "sum", device) / world
         f1 = metrics.get("f1", 0.0)
         state["ema"] = f1 if state["ema"] is None else recipe.validation_ema * state["ema"] + (
