@@ -89,7 +89,7 @@ def randomised_items(root: Path, cohort: str, subjects: int, seed: int, recipe: 
         raise ValueError(f"training seeds stay below {TEST_SEED_FLOOR}: those above belong to the test split")
     folder = root / f"{cohort}-randomised-{seed}"
     manifest = {"cohort": cohort, "subjects": subjects, "seed": seed, "inputs": list(recipe.inputs),
-                "longitudinal": recipe.longitudinal, "sessions": sessions, "generator": 1}
+                "longitudinal": recipe.longitudinal, "sessions": sessions, "generator": 2}
 
     def write() -> list[Path]:
         paths = []
@@ -110,7 +110,7 @@ def variant_items(root: Path, variant: str, recipe: Recipe, subjects: int, seed:
     cohort = "healthy" if variant == "lesion_free" else "ms"
     folder = root / f"test-{variant}-{seed}"
     manifest = {"variant": variant, "subjects": subjects, "seed": seed, "inputs": list(recipe.inputs),
-                "longitudinal": recipe.longitudinal, "generator": 1}
+                "longitudinal": recipe.longitudinal, "generator": 2}
 
     def write() -> list[Path]:
         return write_cohort(folder, cohort=cohort, subjects=subjects, sessions=2 if recipe.longitudinal else 1,

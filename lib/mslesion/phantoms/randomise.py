@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .contrasts import TISSUE_LEVELS, Acquisition, SubjectContrast
+from .deformation import ELASTIC_RMS_MM, SubjectWarp, random_warp
 from .options import PhantomOptions
 
 #: Pure-tissue ranges per base sequence, relative to normal white matter (WM = 1): grey matter, CSF.
@@ -70,6 +71,24 @@ def random_options(rng: np.random.Generator, sequences: tuple[str, ...]) -> tupl
         whole_head=bool(rng.random() < WHOLE_HEAD_PROB), randomised=True,
     )
     return options, variant
+
+
+#: Between visits: residual non-rigid change of the anatomy (RMS mm) and drift of every tissue level (SD).
+FOLLOW_UP_ELASTIC_RMS_MM = (0.3, 1.0)
+FOLLOW_UP_CONTRAST_DRIFT = 0.04
+
+
+def follow_up_drift(rng: np.random.Generator, warp: SubjectWarp,
+                    contrast: SubjectContrast) -> tuple[SubjectWarp, SubjectContrast]:
+    """A follow-up's anatomy and contrast: a small smooth deformation that an affine registration leaves behind
+    (head position, atrophy, distortion) and a drift of the tissue levels (another scanner software, coil)."""
+    rms = float(rng.uniform(*FOLLOW_UP_ELASTIC_RMS_MM))
+    extra = random_warp(rng).control * np.float64(rms / ELASTIC_RMS_MM)
+    moved = SubjectWarp(affine=warp.affine, control=warp.control + extra, masses=warp.masses)
+    levels = {seq: {t: v * float(1 + rng.normal(0, FOLLOW_UP_CONTRAST_DRIFT)) for t, v in tissues.items()}
+              for seq, tissues in contrast.levels.items()}
+    drifted = SubjectContrast(levels, lesion_gain=contrast.lesion_gain, deep_gm_gain=contrast.deep_gm_gain)
+    return moved, drifted
 
 
 #: Named sites with an appearance outside the training ranges (the new-site benchmark): a FLAIR with poor CSF

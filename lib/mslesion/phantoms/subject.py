@@ -14,6 +14,7 @@ from .deformation import random_session_motion, random_warp
 from .geometry import make_grid
 from .options import COHORTS, SEQUENCES, PhantomOptions
 from .randomise import (
+    follow_up_drift,
     random_head,
     random_normal_enhancement,
     randomised_acquisition,
@@ -24,7 +25,7 @@ from .randomise import (
 from .session import PhantomSession, render_session
 
 # independent random streams, so that e.g. the sequences asked for never change the lesions
-_ANATOMY, _CONTRAST, _PATHOLOGY, _MOTION, _ACQUISITION, _HEAD, _VESSELS = range(7)
+_ANATOMY, _CONTRAST, _PATHOLOGY, _MOTION, _ACQUISITION, _HEAD, _VESSELS, _DRIFT = range(8)
 
 
 def _subject_key(subject: str) -> int:
@@ -68,7 +69,11 @@ def make_subject(cohort: str, subject: str, seed: int, sessions: int = 1,
             motion = motion @ random_session_motion(_rng(seed, cohort, subject, _MOTION, index))
         acquisitions = {seq: acquisition(_rng(seed, cohort, subject, _ACQUISITION, index, SEQUENCES.index(seq)))
                         for seq in SEQUENCES if seq in options.sequences}
-        out.append(render_session(anat, warp, contrast, pathology[index], motion, grid, acquisitions,
+        session_warp, session_contrast = warp, contrast
+        if options.randomised and index > 0:  # what registration cannot undo between visits
+            session_warp, session_contrast = follow_up_drift(_rng(seed, cohort, subject, _DRIFT, index), warp,
+                                                             contrast)
+        out.append(render_session(anat, session_warp, session_contrast, pathology[index], motion, grid, acquisitions,
                                   subject=subject, session=f"{index + 1:02d}", head=head, storage=options.storage,
                                   normal_enhancement=vessels, vessel_rng=_rng(seed, cohort, subject, _VESSELS, index)))
     return out
