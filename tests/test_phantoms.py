@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -185,7 +186,7 @@ def test_write_cohort_layout_and_byte_identical(tmp_path):
     assert [p.read_bytes() for p in paths] == [p.read_bytes() for p in again]
 
 
-@pytest.mark.parametrize("cohort", COHORTS)
+@pytest.mark.parametrize("cohort", [c for c in COHORTS if c != "healthy"])
 def test_every_cohort_has_a_label(cohort):
     options = PhantomOptions(spacing=(2.0, 2.0, 2.0), sequences=("FLAIR", "ce-gadolinium_T1w"))
     sessions = make_subject(cohort, "01", 0, options=options)
@@ -200,6 +201,39 @@ def test_every_cohort_has_a_label(cohort):
         assert (flair == 2).any() and 2 not in data(sessions[0].labels["FLAIR"])
     if cohort in ("glioma", "leukoencephalopathy", "metastasis"):
         assert (flair > 0).sum() * 8 / 1000 > 2.0  # large regions, in mL
+
+
+def test_the_healthy_cohort_has_empty_labels_and_no_lesions():
+    options = PhantomOptions(spacing=(2.0, 2.0, 2.0), sequences=("FLAIR", "ce-gadolinium_T1w"))
+    (session,) = make_subject("healthy", "01", 0, options=options)
+    assert not data(session.labels["FLAIR"]).any() and not data(session.labels["ce-gadolinium_T1w"]).any()
+    assert session.lesions == [] and data(session.images["FLAIR"]).max() > 0
+
+
+def test_randomised_acquisitions_vary_and_keep_world_geometry(tmp_path):
+    """Domain randomisation draws different acquisitions, and each written image still puts the lesions where the
+    truth says: a sagittal thick-slice, scaled-integer, whole-head study's label sits on its own lesions."""
+    from mslesion.phantoms.randomise import random_options
+
+    drawn = [random_options(np.random.default_rng([1, i]), ("FLAIR",)) for i in range(40)]
+    assert len({variant for _, variant in drawn}) >= 5
+    assert {o.storage for o, _ in drawn} == {"int16", "scaled_uint16", "float32"}
+    assert {o.whole_head for o, _ in drawn} == {True, False}
+    options = PhantomOptions(spacing=(2.0, 2.0, 2.0), slice_thickness=4.0, slice_axis="R", storage="scaled_uint16",
+                             whole_head=True, randomised=True, orientation="LPS", sequences=("FLAIR",))
+    (study,) = make_subject("ms", SUBJECT, SEED, options=options)
+    nib.save(study.images["FLAIR"], tmp_path / "flair.nii.gz")
+    image, label = nib.load(tmp_path / "flair.nii.gz"), study.labels["FLAIR"]  # as a reader meets it on disk
+    assert image.get_data_dtype() == np.uint16 and image.dataobj.slope != 1.0
+    assert nib.aff2axcodes(image.affine) == ("L", "P", "S")
+    assert np.allclose(sorted(image.header.get_zooms()), [2.0, 2.0, 4.0], atol=0.05)
+    values = image.get_fdata()
+    inside = data(label) > 0
+    assert inside.any() and values[inside].mean() > np.median(values[values > 0.1 * values.max()])
+    # whole head: signal beyond the brain (scalp, fat) where a skull-stripped study is background
+    stripped = make_subject("ms", SUBJECT, SEED, options=replace(options, whole_head=False))[0].images["FLAIR"]
+    outside = stripped.get_fdata() < 0.05 * stripped.get_fdata().max()
+    assert (values[outside] > 0.3 * values.max()).mean() > 0.05
 
 
 def test_options_are_validated():
