@@ -141,3 +141,18 @@ def test_a_stopped_run_resumes_on_the_same_curve(tiny_items, tmp_path):
     assert second.history[0] == first.history[0]  # the first run's epoch, carried over
     assert second.history[-1]["lr"] == 0.0
     json.dumps(second.history)  # the stats file can hold it
+
+
+def test_weights_say_which_network_they_are(tmp_path):
+    """Older (instance-norm) weights carry their own recipe and load into the network it describes; weights of
+    another task's inputs are refused by name."""
+    from mslesion.recipes import ENHANCEMENT
+
+    old = replace(FLAIR_LESION, norm="instance")
+    path = tmp_path / "base.pt"
+    weights.save_state(lesion_unet(old).state_dict(), path, metadata={"recipe": old.as_dict()})
+    read = from_checkpoint(FLAIR_LESION, weights.load_metadata(path))
+    assert read.norm == "instance" and read.channels == FLAIR_LESION.channels
+    lesion_unet(read).load_state_dict(weights.load_state(path))  # strict: every tensor fits
+    with pytest.raises(ValueError, match="enhancement reads"):
+        from_checkpoint(ENHANCEMENT, weights.load_metadata(path))

@@ -86,26 +86,30 @@ def postprocessing(recipe: Recipe) -> dict:
 
 
 def from_checkpoint(recipe: Recipe, meta: dict) -> Recipe:
-    """The code's recipe with the tuned post-processing a checkpoint carries (``meta["postprocessing"]``)."""
-    tuned = {k: type(getattr(recipe, k))(v) for k, v in (meta.get("postprocessing") or {}).items()
-             if k in POSTPROCESSING_FIELDS}
-    return replace(recipe, **tuned)
+    """The code's recipe with what a checkpoint says of itself: its network (``meta["recipe"]``'s architecture
+    fields, so older weights of another norm still load) and its tuned post-processing (``meta["postprocessing"]``).
+    Weights that read other inputs belong to another task and are refused."""
+    stored = meta.get("recipe") or {}
+    if "inputs" in stored and tuple(stored["inputs"]) != tuple(recipe.inputs):
+        raise ValueError(f"these weights read {tuple(stored['inputs'])}, but {recipe.task} reads {recipe.inputs}")
+    own = {k: tuple(stored[k]) if isinstance(getattr(recipe, k), tuple) else type(getattr(recipe, k))(stored[k])
+           for k in ARCHITECTURE_FIELDS if k in stored and k != "inputs"}
+    own.update({k: type(getattr(recipe, k))(v) for k, v in (meta.get("postprocessing") or {}).items()
+                if k in POSTPROCESSING_FIELDS})
+    return replace(recipe, **own)
 
 
 FLAIR_LESION = Recipe(task="flair_lesion", inputs=(FLAIR,), positive_values=(1, 2), output_value=1)
 
 # Enhancing lesions on T1 post-contrast, with the pre-contrast T1 as a second channel so that T1-bright tissue
 # that is not enhancement (fat, blood products) can be told apart, as the paper's two-channel input does.
-# Its shipped weights predate the batch-norm recipe (instance norm, argmax); they keep their architecture until they
-# are retrained with `python -m mslesion.pretrain enhancement --budget-min ...` (then drop norm="instance").
-ENHANCEMENT = Recipe(task="enhancement", inputs=(T1_POST, T1), positive_values=(1,), output_value=1, norm="instance")
+ENHANCEMENT = Recipe(task="enhancement", inputs=(T1_POST, T1), positive_values=(1,), output_value=1)
 
 # New lesions: the follow-up FLAIR minus the baseline FLAIR registered onto it; a saved label's value 2 marks them.
 # Predicted new lesions under 14 voxels (a sphere 3 mm across at 1 mm, the usual size floor for a new T2 lesion) are
 # dropped: they are mostly residual misregistration at edges (3 MS phantom follow-ups: 786 -> 43 predicted, PPV
 # 0.005 -> 0.066, F1 0.01 -> 0.12; 6 new lesions detected either way).
-# Its shipped weights predate the batch-norm recipe (instance norm), like enhancement's.
 NEW_LESION = Recipe(task="new_lesion", inputs=(FLAIR,), positive_values=(2,), output_value=2, longitudinal=True,
-                    min_lesion_voxels=14, norm="instance")
+                    min_lesion_voxels=14)
 
 RECIPES = {r.task: r for r in (FLAIR_LESION, NEW_LESION, ENHANCEMENT)}

@@ -96,9 +96,9 @@ class FlairLesionSegmenter:
             )
         stamp = path.stat().st_mtime
         if self._cached is None or self._cached[:3] != (str(path), stamp, str(device)):
-            network = lesion_unet(FLAIR_LESION)
+            recipe = from_checkpoint(FLAIR_LESION, weights.load_metadata(path))  # its network and post-processing
+            network = lesion_unet(recipe)
             network.load_state_dict(weights.load_state(path))
-            recipe = from_checkpoint(FLAIR_LESION, weights.load_metadata(path))  # its tuned post-processing
             self._cached = (str(path), stamp, str(device), network.to(device).eval(), recipe)
         return self._cached[3]
 

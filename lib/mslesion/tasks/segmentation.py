@@ -433,9 +433,12 @@ class LesionSegmentationConfig(TaskConfig):
 
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any, **kwargs):
         super().init(name, model_dir, conf, planner, **kwargs)
-        self.network = lesion_unet(self.recipe)
         user_weights = conf.get(f"{name}_weights")
         self.default_weights = Path(user_weights) if user_weights else weights.default_weights(name)
+        # the network the starting weights were trained as (their stored recipe), e.g. the instance-norm base weights
+        meta = weights.load_metadata(self.default_weights) if self.default_weights.exists() else {}
+        self.recipe = from_checkpoint(type(self).recipe, meta)
+        self.network = lesion_unet(self.recipe)
         self.published = weights.published_weights(model_dir, name)
         # MONAI Label uses the last path that exists: published fine-tuned weights win over the defaults.
         self.path = [str(self.default_weights), str(self.published)]
