@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from mslesion import weights
-from mslesion.evaluate import evaluate_on_cohort
-from mslesion.networks import lesion_unet
 from mslesion.phantoms import PhantomOptions, write_cohort
-from mslesion.recipes import FLAIR_LESION
-from mslesion.transforms import IMAGE, LABEL
+from mslesion.unet.evaluate import evaluate_on_cohort
+from mslesion.unet.networks import lesion_unet
+from mslesion.unet.recipes import FLAIR_LESION
+from mslesion.unet.transforms import IMAGE, LABEL
 
 pytestmark = pytest.mark.slow
 

@@ -29,7 +29,7 @@ import pydicom
 import requests
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from ..datastore import ValidatingDatastore
+from ..server.datastore import ValidatingDatastore
 from ..studies import StudyError
 from .catalogue import SeriesCatalogue, unreachable
 from .seg import label_to_seg, lps_affine, referenced_series, seg_to_label, segment_names, write_label_nifti

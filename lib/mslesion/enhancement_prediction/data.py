@@ -19,7 +19,7 @@ import numpy as np
 
 from ..phantoms import PhantomOptions, write_cohort
 from ..studies import FLAIR, T1, T1_POST, T2
-from ..transforms import IMAGE
+from ..unet.transforms import IMAGE
 from .recipe import PredictionRecipe
 from .slices import ENHANCING, LESION, extract_study
 

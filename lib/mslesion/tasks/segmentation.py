@@ -28,16 +28,16 @@ from monailabel.utils.others.generic import name_to_device, strtobool
 
 from .. import distributed, weights
 from ..answers import write_answer
-from ..datastore import atomic_write_text
-from ..inference import amp_sliding_window, gpu_peak_mb, reset_gpu_peak, threshold_label
 from ..metrics import without_small_lesions
-from ..networks import lesion_unet
-from ..recipes import Recipe, for_cpu, from_checkpoint, postprocessing
 from ..report import lesion_report
+from ..server.datastore import atomic_write_text
 from ..studies import BASELINE, StudyError, earlier_session, parse_image_id
 from ..threads import apply_cpu_thread_policy
-from ..training import fit
-from ..transforms import IMAGE, preprocess
+from ..unet.inference import amp_sliding_window, gpu_peak_mb, reset_gpu_peak, threshold_label
+from ..unet.networks import lesion_unet
+from ..unet.recipes import Recipe, for_cpu, from_checkpoint, postprocessing
+from ..unet.training import fit
+from ..unet.transforms import IMAGE, preprocess
 from ..vocabulary import model_labels
 
 logger = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class LesionSegmentationInfer(ReportsGpuPeak, BasicInferTask):
 
     def inferer(self, data=None):
         """The sliding window for this study: its ROI grown to cover it in one window when cheaper, its window batch
-        sized from the free GPU memory on CUDA (see mslesion.inference)."""
+        sized from the free GPU memory on CUDA (see mslesion.unet.inference)."""
         data = data or {}
         image = data.get(IMAGE)
         shape = tuple(image.shape[1:]) if isinstance(image, torch.Tensor) else None
@@ -289,7 +289,7 @@ class LesionSegmentationTrain(StatsFileTrainTask):
 
     def config(self) -> dict:
         # Numbers, never None: Slicer's options table sends a None default back as "" and OHIF's skips it. 0 means
-        # the schedule's own value (mslesion.options drops it before the request reaches the recipe).
+        # the schedule's own value (mslesion.server.options drops it before the request reaches the recipe).
         return {
             "pretrained": True,
             "schedule": ["auto", "paper", "cpu"],  # a choice: "paper" published schedule, "cpu" short one, auto picks

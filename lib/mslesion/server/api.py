@@ -35,12 +35,13 @@ from monailabel.utils.async_tasks.task import AsyncTask
 from monailabel.utils.async_tasks.utils import tasks
 from monailabel.utils.others.generic import get_mime_type
 
-from . import security, weights
+from .. import weights
+from ..studies import StudyError, parse_image_id, resolve_sequences
+from . import security
 from . import sessions as sessions_placement
 from .datastore import check_id, check_tag, read_volume
 from .options import normalise, normalise_train
 from .segments import image_kind, label_in_vocabulary
-from .studies import StudyError, parse_image_id, resolve_sequences
 from .uploads import (
     check_infer_params,
     check_session_id,
@@ -557,7 +558,7 @@ def build_router(msapp) -> APIRouter:  # noqa: C901 - one closure per route, kep
             )
         from starlette.concurrency import run_in_threadpool
 
-        from .dicom import proxy
+        from ..dicom import proxy
 
         op, _, rest = path.partition("/")
         if op not in ("wado", "qido", "stow"):

@@ -34,8 +34,8 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from nibabel.openers import ImageOpener
 
-from .studies import StudyError, parse_image_id
-from .vocabulary import VOCABULARY, allowed_values
+from ..studies import StudyError, parse_image_id
+from ..vocabulary import VOCABULARY, allowed_values
 
 logger = logging.getLogger(__name__)
 
