@@ -9,7 +9,7 @@ import torch
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.generic import name_to_device, strtobool
 
-from ..server.datastore import atomic_write_text
+from .. import atomic
 from ..threads import apply_cpu_thread_policy
 from ..unet.inference import gpu_peak_mb, reset_gpu_peak
 
@@ -53,4 +53,4 @@ class StatsFileTrainTask(TrainTask):
 
     def _write_stats(self, stats: dict) -> None:
         self.stats_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(str(self.stats_path), json.dumps(stats, indent=1))
+        atomic.write_text(self.stats_path, json.dumps(stats, indent=1), mode=0o644)
