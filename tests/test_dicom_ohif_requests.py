@@ -145,7 +145,7 @@ def test_proxy_forwards_the_query_to_the_pacs(dicom_client, phantoms):
 
 def test_proxy_answers_503_or_504_naming_the_pacs(tmp_path):
     from mslesion.dev.serverproc import free_port
-    from mslesion.dicom.proxy import forward
+    from mslesion.server.dicom_proxy import forward
     from mslesion.studies import StudyError
 
     dead = f"http://127.0.0.1:{free_port()}/dicom-web"

@@ -282,7 +282,7 @@ def open_datastore(url: str, cache_dir: str | os.PathLike, patterns: dict | None
         ) from error
     logger.info("DICOMweb %s: %d series, %d with a known sequence", url, len(series), len(catalogue.refs()))
     store = DicomWebDatastore(client, catalogue, cache_dir)
-    store.timeout = timeout  # also the OHIF proxy's (mslesion.dicom.proxy)
+    store.timeout = timeout  # also the OHIF proxy's (mslesion.server.dicom_proxy)
     return store
 
 

@@ -37,7 +37,7 @@ from monailabel.utils.others.generic import get_mime_type
 
 from .. import weights
 from ..studies import StudyError, parse_image_id, resolve_sequences
-from . import security
+from . import errors, security
 from . import sessions as sessions_placement
 from .datastore import check_id, check_tag, read_volume
 from .options import normalise, normalise_train
@@ -558,7 +558,7 @@ def build_router(msapp) -> APIRouter:  # noqa: C901 - one closure per route, kep
             )
         from starlette.concurrency import run_in_threadpool
 
-        from ..dicom import proxy
+        from . import dicom_proxy as proxy
 
         op, _, rest = path.partition("/")
         if op not in ("wado", "qido", "stow"):
@@ -599,8 +599,9 @@ def build_router(msapp) -> APIRouter:  # noqa: C901 - one closure per route, kep
 
 
 def install(fastapi_app, msapp) -> None:
-    """Put msapp's routes in front of the stock ones with the same paths."""
+    """Put msapp's routes in front of the stock ones with the same paths, and answer StudyError on all routes."""
     security.install()
+    errors.install(fastapi_app)
     routes = build_router(msapp).routes
     # /reload is registered on the app itself, without the API prefix
     fastapi_app.router.routes[0:0] = routes
