@@ -261,6 +261,31 @@ class StopFlag:
         return self.set
 
 
+def _resumed(state_path: Path, resume: bool, recipe_dict: dict, manifest: dict) -> dict | None:
+    """The checkpoint to resume from (with --resume), refused when another recipe or other data made it."""
+    previous = None
+    if resume and state_path.exists():
+        previous = torch.load(state_path, map_location="cpu", weights_only=False)
+        for name, mine, theirs in (("recipe", recipe_dict, previous["recipe"]),
+                                   ("data manifest", manifest, previous["manifest"])):
+            if json.dumps(mine, sort_keys=True, default=str) != json.dumps(theirs, sort_keys=True, default=str):
+                raise SystemExit(f"--resume refused: the {name} of {state_path} differs from this run's; "
+                                 "start a new --run-dir or check out the code that made it")
+    return previous
+
+
+def _finalised(previous: dict | None, run_dir: Path) -> FitResult:
+    """A stopped run's best weights as the result of a finished fit (--finalise)."""
+    if previous is None:
+        raise SystemExit(f"--finalise needs a checkpoint in {run_dir}; there is none")
+    result = FitResult(state=previous["best_state"], best_epoch=previous["best_epoch"],
+                       validation=previous["best"], history=previous["history"],
+                       patches_per_second=previous["patches"] / max(1e-9, previous["train_seconds"]),
+                       rank_steps=[previous["step"]])
+    print(json.dumps({"finalised_at_step": previous["step"], "of_planned": previous["total_steps"]}), flush=True)
+    return result
+
+
 def pretrain_budgeted(task: str, budget_min: float, run_dir: Path, resume: bool, seed: int, out_dir: Path,
                       init_from: Path | None = None, finalise: bool = False) -> dict:
     """Domain-randomised pretraining within a wall-clock budget, checkpointed and resumable (module docstring)."""
@@ -278,14 +303,7 @@ def pretrain_budgeted(task: str, budget_min: float, run_dir: Path, resume: bool,
                 "train": len(train_items), "val": len(val_items)}
     recipe_dict = recipe.as_dict()
     state_path = run_dir / "checkpoint.pt"
-    previous = None
-    if resume and state_path.exists():
-        previous = torch.load(state_path, map_location="cpu", weights_only=False)
-        for name, mine, theirs in (("recipe", recipe_dict, previous["recipe"]),
-                                   ("data manifest", manifest, previous["manifest"])):
-            if json.dumps(mine, sort_keys=True, default=str) != json.dumps(theirs, sort_keys=True, default=str):
-                raise SystemExit(f"--resume refused: the {name} of {state_path} differs from this run's; "
-                                 "start a new --run-dir or check out the code that made it")
+    previous = _resumed(state_path, resume, recipe_dict, manifest)
     network = lesion_unet(recipe)
     if init_from and previous is None:
         network.load_state_dict(weights.transfer_state(weights.load_state(init_from), network.state_dict()))
@@ -300,13 +318,7 @@ def pretrain_budgeted(task: str, budget_min: float, run_dir: Path, resume: bool,
         weights.save_atomic({**snapshot, "recipe": recipe_dict, "manifest": manifest}, state_path)
 
     if finalise:  # publish the best weights of a stopped run as they are (the rest of the curve is not run)
-        if previous is None:
-            raise SystemExit(f"--finalise needs a checkpoint in {run_dir}; there is none")
-        result = FitResult(state=previous["best_state"], best_epoch=previous["best_epoch"],
-                           validation=previous["best"], history=previous["history"],
-                           patches_per_second=previous["patches"] / max(1e-9, previous["train_seconds"]),
-                           rank_steps=[previous["step"]])
-        print(json.dumps({"finalised_at_step": previous["step"], "of_planned": previous["total_steps"]}), flush=True)
+        result = _finalised(previous, run_dir)
     else:
         result = fit(recipe, network, train_items, val_items, device, lr=recipe.pretrain_lr, seed=seed,
                      plan_steps=plan, resume=previous, checkpoint=checkpoint, stop=StopFlag(),
