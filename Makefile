@@ -29,7 +29,7 @@ serve: venv demo
 # open http://$(HOST):$(PORT)/ohif/ (docs/ohif.md)
 ORTHANC_PORT ?= 8042
 serve-ohif: venv demo
-	PYTHONPATH=lib $(PY) -m mslesion.dicom.serve --studies $(DEMO) --orthanc demo/orthanc --orthanc-port $(ORTHANC_PORT) \
+	PYTHONPATH=lib $(PY) -m mslesion.dev.serve --studies $(DEMO) --orthanc demo/orthanc --orthanc-port $(ORTHANC_PORT) \
 		--host $(HOST) --port $(PORT) -- $(CONF)
 
 test: venv

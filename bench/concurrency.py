@@ -178,9 +178,9 @@ def training_status(url: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from mslesion.dev.serverproc import ServerProcess
     from mslesion.phantoms import PhantomOptions, write_cohort
-    from mslesion.pretrain import machine
-    from mslesion.serverproc import ServerProcess
+    from mslesion.unet.pretrain import machine
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=8)

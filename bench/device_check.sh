@@ -14,7 +14,7 @@ RUNS=${RUNS:-10}
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
 
 # MONAI Label and friends from the carried wheels; a .pth puts them first on sys.path for every python3
-# (the server subprocess gets PYTHONPATH=lib from mslesion.serverproc, so PYTHONPATH alone would not reach it).
+# (the server subprocess gets PYTHONPATH=lib from mslesion.dev.serverproc, so PYTHONPATH alone would not reach it).
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { log "wheel install failed"; exit 1; }
@@ -26,7 +26,7 @@ export PYTHONPATH=lib:.
 python3 -c 'import monai, monailabel, nibabel, torch; print("monai", monai.__version__, "monailabel", monailabel.__version__, "torch", torch.__version__, "cuda", torch.cuda.is_available())' 2>&1 | tee -a "$OUT/summary.txt" || exit 1
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv | tee -a "$OUT/summary.txt"
 # the GPU path must not need SimpleITK or ITK at import time (the carried stand-ins raise on real use)
-python3 -c 'import mslesion.tasks, mslesion.registration, mslesion.inference, mslesion.studycache; print("mslesion imports: ok")' 2>&1 | tee -a "$OUT/summary.txt"
+python3 -c 'import mslesion.tasks, mslesion.registration, mslesion.unet.inference, mslesion.studycache; print("mslesion imports: ok")' 2>&1 | tee -a "$OUT/summary.txt"
 
 PH=/tmp/msapp-phantoms; rm -rf "$PH"
 log "0. phantom studies (one MS subject, two sessions, four sequences), written once"

@@ -20,13 +20,13 @@ import torch
 
 from bench.latency import run_benchmark
 from mslesion import weights
-from mslesion.evaluate import evaluate_on_cohort
-from mslesion.networks import lesion_unet
 from mslesion.phantoms import PhantomOptions, write_cohort
-from mslesion.pretrain import machine
-from mslesion.recipes import FLAIR_LESION, for_cpu
-from mslesion.training import fit
-from mslesion.transforms import IMAGE, LABEL
+from mslesion.unet.evaluate import evaluate_on_cohort
+from mslesion.unet.networks import lesion_unet
+from mslesion.unet.pretrain import machine
+from mslesion.unet.recipes import FLAIR_LESION, for_cpu
+from mslesion.unet.training import fit
+from mslesion.unet.transforms import IMAGE, LABEL
 
 FLAIR_ONLY = PhantomOptions(sequences=("FLAIR",))
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.latency import CASES, infer, machine, working_directory, write_phantom_studies
-from mslesion.serverproc import ServerProcess
+from mslesion.dev.serverproc import ServerProcess
 
 # Dice between the CUDA and the CPU label that counts as the same answer. bf16 autocast moves a few voxels
 # on lesion borders; new_lesion adds a registration whose float path differs between the devices.

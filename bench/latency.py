@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mslesion.serverproc import ServerProcess
+from mslesion.dev.serverproc import ServerProcess
 
 STAGES = ("pre", "infer", "post", "write", "total")
 
@@ -55,7 +55,7 @@ TRAIN_LABELS = (f"{SUBJECT}_ses-01_FLAIR", f"{SUBJECT}_ses-02_FLAIR")  # one to 
 
 def machine() -> str:
     """CPU model and cores, and the GPU when there is one."""
-    from mslesion.pretrain import machine as describe
+    from mslesion.unet.pretrain import machine as describe
 
     return describe()
 

@@ -23,8 +23,8 @@ from scipy.spatial.transform import Rotation
 
 from mslesion.foreground import head_foreground
 from mslesion.phantoms import PhantomOptions, make_subject
-from mslesion.pretrain import machine
 from mslesion.registration import register, sitk_register
+from mslesion.unet.pretrain import machine
 
 EXTRA = np.eye(4)
 EXTRA[:3, :3] = Rotation.from_euler("xz", [6, 4], degrees=True).as_matrix() @ [[1.04, 0.03, 0], [0, 0.97, 0],

@@ -23,14 +23,14 @@ import numpy as np
 import torch
 
 from mslesion import weights
-from mslesion.evaluate import evaluate_on_cohort
+from mslesion.dev.serverproc import ServerProcess
 from mslesion.metrics import count_scores, lesion_scores, pooled_scores
-from mslesion.networks import lesion_unet
-from mslesion.phantom_items import variant_items
 from mslesion.phantoms import PhantomOptions, write_cohort
-from mslesion.pretrain import machine
-from mslesion.recipes import FLAIR_LESION, from_checkpoint
-from mslesion.serverproc import ServerProcess
+from mslesion.unet.evaluate import evaluate_on_cohort
+from mslesion.unet.networks import lesion_unet
+from mslesion.unet.phantom_items import variant_items
+from mslesion.unet.pretrain import machine
+from mslesion.unet.recipes import FLAIR_LESION, from_checkpoint
 
 SITE = "site_b"
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from mslesion.dicom.datastore import open_datastore
 from mslesion.dicom.export import upload_folder
-from mslesion.dicom.orthanc import OrthancProcess
+from mslesion.dev.orthanc import OrthancProcess
 from mslesion.phantoms import PhantomOptions, write_cohort
 
 

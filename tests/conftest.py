@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mslesion.serverproc import ServerProcess
+from mslesion.dev.serverproc import ServerProcess
 
 
 def tree_digest(folder: Path, skip=("datastore_v2.json", ".lock")) -> dict[str, str]:
@@ -48,18 +48,18 @@ def client(server):
     return MONAILabelClient(server.url)
 
 
-# -- DICOMweb: one real Orthanc and one phantom cohort in it per test process (mslesion.dicom.fixtures) --------------
+# -- DICOMweb: one real Orthanc and one phantom cohort in it per test process (mslesion.dev.fixtures) --------------
 
 
 @pytest.fixture(scope="session")
 def orthanc():
-    from mslesion.dicom.fixtures import shared_orthanc
+    from mslesion.dev.fixtures import shared_orthanc
 
     return shared_orthanc()
 
 
 @pytest.fixture(scope="session")
 def phantoms(orthanc):
-    from mslesion.dicom.fixtures import shared_phantoms
+    from mslesion.dev.fixtures import shared_phantoms
 
     return shared_phantoms()

@@ -31,8 +31,8 @@ import requests
 import torch
 
 from mslesion import weights
-from mslesion.datastore import TMP_SUFFIX, ValidatingDatastore
-from mslesion.serverproc import ServerProcess
+from mslesion.dev.serverproc import ServerProcess
+from mslesion.server.datastore import TMP_SUFFIX, ValidatingDatastore
 
 # -- kill loops -------------------------------------------------------------------------------------------------------
 

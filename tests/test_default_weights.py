@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from mslesion import weights
-from mslesion.evaluate import evaluate_on_cohort
-from mslesion.networks import lesion_unet
-from mslesion.phantom_items import variant_items
 from mslesion.phantoms import PhantomOptions, write_cohort
-from mslesion.recipes import FLAIR_LESION, from_checkpoint
-from mslesion.transforms import IMAGE, LABEL
+from mslesion.unet.evaluate import evaluate_on_cohort
+from mslesion.unet.networks import lesion_unet
+from mslesion.unet.phantom_items import variant_items
+from mslesion.unet.recipes import FLAIR_LESION, from_checkpoint
+from mslesion.unet.transforms import IMAGE, LABEL
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
-from mslesion.dicom.orthanc import missing_programs
+from mslesion.dev.orthanc import missing_programs
 
 pytestmark = pytest.mark.skipif(bool(missing_programs()), reason=f"Orthanc not installed: {missing_programs()}")
 
@@ -24,7 +24,7 @@ OHIF_INFER = {"result_extension": ".nrrd", "result_dtype": "uint8", "result_comp
 
 @pytest.fixture(scope="module")
 def dicom_client(orthanc, phantoms, tmp_path_factory):
-    from mslesion.dicom.fixtures import shared_server
+    from mslesion.dev.fixtures import shared_server
 
     return MONAILabelClient(shared_server().url, tmpdir=str(tmp_path_factory.mktemp("answers")))
 
@@ -144,8 +144,8 @@ def test_proxy_forwards_the_query_to_the_pacs(dicom_client, phantoms):
 
 
 def test_proxy_answers_503_or_504_naming_the_pacs(tmp_path):
-    from mslesion.dicom.proxy import forward
-    from mslesion.serverproc import free_port
+    from mslesion.dev.serverproc import free_port
+    from mslesion.server.dicom_proxy import forward
     from mslesion.studies import StudyError
 
     dead = f"http://127.0.0.1:{free_port()}/dicom-web"

@@ -11,14 +11,14 @@ import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
-from mslesion.dicom.orthanc import missing_programs
-from mslesion.serverproc import ServerProcess, free_port
+from mslesion.dev.orthanc import missing_programs
+from mslesion.dev.serverproc import ServerProcess, free_port
 
 pytestmark = pytest.mark.skipif(bool(missing_programs()), reason=f"Orthanc not installed: {missing_programs()}")
 
 @pytest.fixture(scope="module")
 def dicom_server(orthanc, phantoms):
-    from mslesion.dicom.fixtures import shared_server
+    from mslesion.dev.fixtures import shared_server
 
     return shared_server()
 
@@ -178,8 +178,8 @@ def test_an_unreachable_pacs_stops_the_server_at_start_up_with_a_clear_error(tmp
 
 
 def test_a_pacs_that_stops_answering_is_a_503_naming_it(tmp_path):
+    from mslesion.dev.orthanc import OrthancProcess
     from mslesion.dicom.datastore import open_datastore
-    from mslesion.dicom.orthanc import OrthancProcess
     from mslesion.studies import StudyError, resolve_sequences
 
     with OrthancProcess(tmp_path / "orthanc") as orthanc:

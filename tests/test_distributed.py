@@ -14,12 +14,12 @@ import requests
 import torch
 
 from mslesion import distributed, weights
-from mslesion.datastore import ValidatingDatastore
-from mslesion.networks import lesion_unet
-from mslesion.recipes import FLAIR_LESION, for_cpu
+from mslesion.server.datastore import ValidatingDatastore
 from mslesion.studies import StudyError
 from mslesion.tasks.segmentation import LesionSegmentationTrain
-from mslesion.training import combine_scores, state_digest
+from mslesion.unet.networks import lesion_unet
+from mslesion.unet.recipes import FLAIR_LESION, for_cpu
+from mslesion.unet.training import combine_scores, state_digest
 
 # Small enough for two ranks on two cores: 2 mm phantoms, 32^3 patches, a narrow U-Net, one epoch.
 TINY = replace(for_cpu(FLAIR_LESION), spacing=(2.0, 2.0, 2.0), patch=(32, 32, 32), patches_per_study=4, epochs=1,

@@ -299,7 +299,7 @@ def test_asking_for_a_saved_label_that_is_not_there_is_a_422(tmp_path, tiny_weig
 
 
 def datastore(folder: Path):
-    from mslesion.datastore import ValidatingDatastore
+    from mslesion.server.datastore import ValidatingDatastore
 
     return ValidatingDatastore(str(folder), extensions=("*.nii.gz",), auto_reload=False)
 
@@ -345,7 +345,7 @@ def held_out_stacks(tmp_path_factory) -> list[dict]:
     from mslesion.enhancement_prediction.data import PHANTOM_SEQUENCES
     from mslesion.enhancement_prediction.slices import LESION, extract_study
     from mslesion.phantoms import PhantomOptions, make_subject
-    from mslesion.transforms import IMAGE
+    from mslesion.unet.transforms import IMAGE
 
     recipe = weights_recipe(weights.default_weights("enhancement_prediction"))
     folder = tmp_path_factory.mktemp("held_out")

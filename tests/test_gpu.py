@@ -10,7 +10,7 @@ import pytest
 import torch
 from bench.gpu_smoke import CASES, MIN_DICE, compare_task, dice, write_phantom_studies
 
-from mslesion.serverproc import ServerProcess
+from mslesion.dev.serverproc import ServerProcess
 
 needs_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False); CI is CPU-only"

@@ -16,7 +16,7 @@ import requests
 
 from clients import OhifPanel, SlicerModule
 from mslesion import studies, vocabulary
-from mslesion.serverproc import ServerProcess
+from mslesion.dev.serverproc import ServerProcess
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

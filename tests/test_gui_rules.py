@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mslesion import options, trainstats, vocabulary
-from mslesion.leases import Leases
+from mslesion import vocabulary
+from mslesion.server import options, trainstats
+from mslesion.server.leases import Leases
 
 SLICER_INFO = [{"name": "MS lesion", "idx": 1}, {"name": "new MS lesion", "idx": 2},
                {"name": "enhancing lesion", "idx": 3}]

@@ -10,7 +10,7 @@ import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
 
-from mslesion.inference import (
+from mslesion.unet.inference import (
     BYTES_PER_VOXEL,
     amp_sliding_window,
     argmax_label,
@@ -18,7 +18,7 @@ from mslesion.inference import (
     window_count,
     window_roi,
 )
-from mslesion.recipes import FLAIR_LESION
+from mslesion.unet.recipes import FLAIR_LESION
 
 ROI = FLAIR_LESION.infer_roi
 WINDOW = BYTES_PER_VOXEL * math.prod(ROI)
@@ -71,7 +71,7 @@ def test_window_roi_keeps_the_recipe_roi_for_small_or_much_larger_studies():
 
 def test_small_op_stages_run_with_one_thread_on_the_cpu_and_restore_the_count(monkeypatch):
     from mslesion.threads import torch_threads
-    from mslesion.transforms import WithSmallOpThreadsd
+    from mslesion.unet.transforms import WithSmallOpThreadsd
 
     before = torch.get_num_threads()
     seen = []

@@ -1,6 +1,6 @@
 """The longitudinal input of new_lesion: when to distrust the registration it rests on."""
 
-from mslesion.longitudinal import unreliable
+from mslesion.unet.longitudinal import unreliable
 
 
 def test_a_registration_that_did_not_align_is_flagged():

@@ -14,7 +14,7 @@ import pytest
 import requests
 from PIL import Image
 
-from mslesion.dicom.orthanc import missing_programs
+from mslesion.dev.orthanc import missing_programs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -26,7 +26,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def server(phantoms):
-    from mslesion.dicom.fixtures import shared_server
+    from mslesion.dev.fixtures import shared_server
 
     return shared_server()
 
@@ -64,7 +64,7 @@ def test_study_list_shows_the_phantom_studies(server, phantoms):
 
 
 def test_a_study_opens_in_the_viewer_with_its_series_and_pixels(server, phantoms):
-    from mslesion.dicom.fixtures import shared_orthanc
+    from mslesion.dev.fixtures import shared_orthanc
 
     orthanc = shared_orthanc()
     study = requests.get(f"{orthanc.dicomweb}/series", params={"SeriesInstanceUID": phantoms.series[
@@ -82,8 +82,8 @@ def test_monai_label_mode_shows_the_panel_and_a_stored_label(server, phantoms):
     """OHIF's MONAI Label mode on a study whose FLAIR has a DICOM SEG (written by msapp's SEG writer)."""
     import nibabel as nib
 
+    from mslesion.dev.fixtures import shared_orthanc
     from mslesion.dicom.export import dicomweb_client, to_lps
-    from mslesion.dicom.fixtures import shared_orthanc
     from mslesion.dicom.seg import label_to_seg, segment_names
     from mslesion.dicom.series import retrieve_instances
 
@@ -109,7 +109,7 @@ class WebDriver:
     """Headless chromium driven over the W3C WebDriver protocol (Debian's chromedriver), with plain requests."""
 
     def __init__(self, profile: str):
-        from mslesion.serverproc import free_port
+        from mslesion.dev.serverproc import free_port
 
         port = free_port()
         self.process = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL,
@@ -182,7 +182,7 @@ def test_run_in_the_monai_label_panel_fills_the_labelmap_with_the_servers_answer
     import nibabel as nib
     from monailabel.client import MONAILabelClient
 
-    from mslesion.dicom.fixtures import shared_orthanc
+    from mslesion.dev.fixtures import shared_orthanc
 
     orthanc = shared_orthanc()
     series = phantoms.series["sub-01_ses-02_FLAIR"]

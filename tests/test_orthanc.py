@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import requests
 
-from mslesion.dicom.orthanc import OrthancProcess, missing_programs, write_config
+from mslesion.dev.orthanc import OrthancProcess, missing_programs, write_config
 
 pytestmark = pytest.mark.skipif(bool(missing_programs()), reason=f"Orthanc not installed: {missing_programs()}")
 

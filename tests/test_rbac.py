@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from filelock import FileLock
 from monailabel.client import MONAILabelClient
 
-from mslesion.serverproc import ROOT, ServerProcess
+from mslesion.dev.serverproc import ROOT, ServerProcess
 
 pytestmark = [pytest.mark.server]
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from mslesion import weights
-from mslesion.evaluate import predicted_mask, tune_postprocessing
-from mslesion.inference import threshold_label
 from mslesion.metrics import count_scores, lesion_scores, pooled_scores
-from mslesion.networks import lesion_unet
-from mslesion.recipes import FLAIR_LESION, NEW_LESION, for_cpu, from_checkpoint, postprocessing
-from mslesion.training import fit, poly_schedule
-from mslesion.transforms import IMAGE, LABEL, LesionBalancedIndicesd
+from mslesion.unet.evaluate import predicted_mask, tune_postprocessing
+from mslesion.unet.inference import threshold_label
+from mslesion.unet.networks import lesion_unet
+from mslesion.unet.recipes import FLAIR_LESION, NEW_LESION, for_cpu, from_checkpoint, postprocessing
+from mslesion.unet.training import fit, poly_schedule
+from mslesion.unet.transforms import IMAGE, LABEL, LesionBalancedIndicesd
 
 TINY = replace(for_cpu(FLAIR_LESION), spacing=(4.0, 4.0, 4.0), patch=(16, 16, 16), patches_per_study=2,
                batch_size=2, channels=(4, 8, 16, 32, 64), infer_roi=(64, 64, 48))
@@ -146,7 +146,7 @@ def test_a_stopped_run_resumes_on_the_same_curve(tiny_items, tmp_path):
 def test_weights_say_which_network_they_are(tmp_path):
     """Older (instance-norm) weights carry their own recipe and load into the network it describes; weights of
     another task's inputs are refused by name."""
-    from mslesion.recipes import ENHANCEMENT
+    from mslesion.unet.recipes import ENHANCEMENT
 
     old = replace(FLAIR_LESION, norm="instance")
     path = tmp_path / "base.pt"

@@ -9,7 +9,7 @@ import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
-from mslesion.serverproc import ServerProcess
+from mslesion.dev.serverproc import ServerProcess
 from mslesion.tasks import TASKS
 
 pytestmark = [

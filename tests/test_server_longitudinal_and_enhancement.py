@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from monailabel.client import MONAILabelClient
 
+from mslesion.dev.serverproc import ServerProcess
 from mslesion.metrics import lesion_scores
-from mslesion.serverproc import ServerProcess
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

@@ -2,8 +2,8 @@
 
 import torch
 
-from mslesion.training import patch_batches
-from mslesion.transforms import IMAGE, LABEL
+from mslesion.unet.training import patch_batches
+from mslesion.unet.transforms import IMAGE, LABEL
 
 
 def test_a_loaded_batch_is_cut_into_steps_of_batch_size_patches():

@@ -47,8 +47,8 @@ def test_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
 def test_transfer_grows_the_input_layer_and_keeps_the_rest():
     from dataclasses import replace
 
-    from mslesion.networks import lesion_unet
-    from mslesion.recipes import ENHANCEMENT, FLAIR_LESION
+    from mslesion.unet.networks import lesion_unet
+    from mslesion.unet.recipes import ENHANCEMENT, FLAIR_LESION
 
     source = lesion_unet(FLAIR_LESION).state_dict()
     target = lesion_unet(ENHANCEMENT).state_dict()

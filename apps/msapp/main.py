@@ -15,10 +15,11 @@ from monailabel.config import settings  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.utils.others.generic import strtobool  # noqa: E402
 
-from mslesion import __version__, api, studycache, trainstats  # noqa: E402
-from mslesion.datastore import ValidatingDatastore  # noqa: E402
-from mslesion.leases import LEASES  # noqa: E402
-from mslesion.strategies import FirstStrategy, FlipUncertaintyScoring, RandomStrategy, UncertaintyStrategy  # noqa: E402
+from mslesion import __version__, studycache  # noqa: E402
+from mslesion.server import api, trainstats  # noqa: E402
+from mslesion.server.datastore import ValidatingDatastore  # noqa: E402
+from mslesion.server.leases import LEASES  # noqa: E402
+from mslesion.server.strategies import FirstStrategy, FlipUncertaintyScoring, RandomStrategy, UncertaintyStrategy  # noqa: E402
 from mslesion.studies import BASELINE, StudyError, resolve_baseline, resolve_sequences  # noqa: E402
 from mslesion.tasks import TASKS  # noqa: E402
 from mslesion.tasks.enhancement_prediction import remember_prediction  # noqa: E402

@@ -77,3 +77,25 @@ def write_answer(label: np.ndarray, affine: np.ndarray, directory: str, request:
     else:
         write_nifti_label(label, affine, path, ext == ".nii.gz", compresslevel)
     return path
+
+
+_RESULTS_DIR: str | None = None
+
+
+def results_dir() -> str:
+    """A directory private to this server process for answered labels.
+
+    The REST layer deletes the answered file after sending it, and MONAILabelClient saves the answer under the
+    file's *base name* in its own temp dir (/tmp by default): with the server's file directly in /tmp, a client
+    on the same machine could write its copy to the very path the server was about to delete.
+    """
+    global _RESULTS_DIR
+    if _RESULTS_DIR is None or not os.path.isdir(_RESULTS_DIR):
+        _RESULTS_DIR = tempfile.mkdtemp(prefix="msapp-results-")
+    return _RESULTS_DIR
+
+
+def write_label(label: np.ndarray, affine: np.ndarray, request: dict | None = None) -> str:
+    """The answered uint8 label in a temp file of results_dir(), in the format the request asks for
+    (``result_extension``: .nii.gz by default, .nii, or .nrrd for OHIF; see write_answer)."""
+    return write_answer(label, affine, results_dir(), request)

@@ -20,8 +20,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from fastapi import HTTPException
-
 FLAIR = "FLAIR"
 T1 = "T1w"
 T2 = "T2w"
@@ -31,17 +29,28 @@ SEQUENCES = (FLAIR, T1, T2, T1_POST)
 _NAME = re.compile(r"^sub-(?P<subject>[A-Za-z0-9]+)_ses-(?P<session>[A-Za-z0-9]+)_(?P<suffix>.+?)(\.nii(\.gz)?)?$")
 
 
-class StudyError(HTTPException):
+class StudyError(Exception):
     """A request that cannot be served as asked; the server answers it with ``status`` and ``message``.
 
-    It is an HTTPException so that, raised anywhere under a MONAI Label endpoint, it reaches the client as a
-    4xx with this message instead of a 500.
+    A plain exception, so that the ML core, the training subprocess and the tests need no web framework: the
+    server maps it to its HTTP answer (``{"detail": message}`` with ``status``) in one place,
+    mslesion.server.errors, for msapp's routes and MONAI Label's alike.
     """
 
     def __init__(self, status: int, message: str):
-        super().__init__(status_code=status, detail=message)
+        super().__init__(status, message)
         self.status = status
         self.message = message
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP name of ``status``."""
+        return self.status
+
+    @property
+    def detail(self) -> str:
+        """The HTTP name of ``message`` (the ``detail`` of the JSON answer)."""
+        return self.message
 
     def __str__(self) -> str:
         return f"{self.status}: {self.message}"

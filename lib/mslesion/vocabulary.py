@@ -47,6 +47,9 @@ ALIASES = {"lesion": MS_LESION, "new lesion": NEW_MS_LESION, "enhancing": ENHANC
 # Segments the GUIs add that are never label content.
 IGNORED_SEGMENTS = {"background", "foreground_scribbles", "background_scribbles"}
 
+# A saved follow-up label's info flag: new lesions were looked for, even where none is marked (new_lesion's trainer).
+NEW_LESIONS_MARKED = "new_lesions_marked"
+
 _NOTE = re.compile(r"^(?P<name>.+?)\s*\((?P<note>[^()]*)\)\s*$")
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from . import atomic
 
 REPO_MODEL_DIR = Path(__file__).resolve().parents[2] / "model"
 
@@ -37,19 +38,9 @@ def save_state(state: dict, path: Path, half: bool = False, metadata: dict | Non
 
 
 def save_atomic(payload: dict, path: Path) -> None:
-    """torch.save through a temp file in the same folder, fsync and rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """torch.save through a temp file in the same folder, fsync and rename (mslesion.atomic): a reader never sees
+    half a file."""
+    atomic.save_torch(path, payload, suffix=".tmp", parents=True)
 
 
 def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict:
@@ -67,7 +58,7 @@ STALE_AFTER_S = 60.0
 
 
 def sweep_temporaries(folder: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
-    """Remove the half-written ``.model.pt.*.tmp``, ``.previous.pt.copy`` and ``.model.pt.swap`` files that a
+    """Remove the half-written ``.model.pt.*.tmp``, ``.previous.pt.*.copy`` and ``.model.pt.swap`` files that a
     publish killed mid-write leaves behind. Publishing is serialised (one training at a time), so a temporary
     older than a minute belongs to no live writer."""
     removed = []
@@ -91,9 +82,7 @@ def publish(state: dict, model_dir: str | Path, task: str, metadata: dict | None
     sweep_temporaries(target.parent)
     if target.exists():
         keep = previous_weights(model_dir, task)
-        tmp = keep.with_name(f".{keep.name}.copy")
-        shutil.copyfile(target, tmp)
-        os.replace(tmp, keep)
+        atomic.copy_file(target, keep, suffix=".copy", mode=0o644)
     save_state(state, target, metadata=metadata)
     return target
 

@@ -1,2 +1,2 @@
-"""DICOM and DICOMweb: a real Orthanc for development and tests, phantom studies as DICOM MR series, companion
+"""DICOM and DICOMweb: phantom studies as DICOM MR series, companion
 resolution from SeriesDescription patterns, and labels stored back as DICOM SEG."""

@@ -29,7 +29,7 @@ import pydicom
 import requests
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from ..datastore import ValidatingDatastore
+from ..server.datastore import ValidatingDatastore
 from ..studies import StudyError
 from .catalogue import SeriesCatalogue, unreachable
 from .seg import label_to_seg, lps_affine, referenced_series, seg_to_label, segment_names, write_label_nifti
@@ -282,7 +282,7 @@ def open_datastore(url: str, cache_dir: str | os.PathLike, patterns: dict | None
         ) from error
     logger.info("DICOMweb %s: %d series, %d with a known sequence", url, len(series), len(catalogue.refs()))
     store = DicomWebDatastore(client, catalogue, cache_dir)
-    store.timeout = timeout  # also the OHIF proxy's (mslesion.dicom.proxy)
+    store.timeout = timeout  # also the OHIF proxy's (mslesion.server.dicom_proxy)
     return store
 
 

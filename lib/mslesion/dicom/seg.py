@@ -56,24 +56,9 @@ def segment_names(sequence: str | None, values: Iterable[int]) -> dict[int, str]
     return {v: known.get(v, f"Label {v}") for v in sorted({int(v) for v in values if v > 0} | {1})}
 
 
-def label_to_seg(label: np.ndarray, affine_lps: np.ndarray, sources: list, names: dict[int, str],
-                 algorithm: str = "SEMIAUTOMATIC", description: str = "MS lesions (msapp)") -> Dataset:
-    """A binary DICOM SEG of ``label`` (voxels laid out like the source series) referencing ``sources``.
-
-    ``sources`` are the series' instances (pydicom Datasets, pixels not needed); the SEG joins their patient,
-    study and frame of reference.
-    """
-    if label.ndim != 3:
-        raise StudyError(422, f"A label must be a 3D volume to become a DICOM SEG; it has shape {label.shape}.")
-    first = sources[0]
-    normal = np.cross(affine_lps[:3, 0], affine_lps[:3, 1])
-    by_depth = sorted(sources, key=lambda s: float(_position(s) @ normal))
-    depths = np.array([float(_position(s) @ normal) for s in by_depth])
-    row_spacing, column_spacing = (float(np.linalg.norm(affine_lps[:3, a])) for a in (1, 0))
-    slice_step = float(np.linalg.norm(affine_lps[:3, 2]))
-    orientation = [*(affine_lps[:3, 0] / column_spacing), *(affine_lps[:3, 1] / row_spacing)]
+def _seg_dataset(first: Dataset, shape: tuple, description: str) -> Dataset:
+    """The SEG's file meta; its source's patient, study and frame of reference; its series and image attributes."""
     now = datetime.datetime.now()
-
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = SEGMENTATION_STORAGE
@@ -106,12 +91,16 @@ def label_to_seg(label: np.ndarray, affine_lps: np.ndarray, sources: list, names
     ds.SegmentationType = "BINARY"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = int(label.shape[1]), int(label.shape[0])
+    ds.Rows, ds.Columns = int(shape[1]), int(shape[0])
     ds.BitsAllocated = ds.BitsStored = 1
     ds.HighBit = 0
     ds.PixelRepresentation = 0
     ds.LossyImageCompression = "00"
+    return ds
 
+
+def _segment_sequence(names: dict[int, str], algorithm: str) -> Sequence:
+    """One segment per label value, named from the vocabulary."""
     segments = []
     for number, name in names.items():
         segment = Dataset()
@@ -124,8 +113,11 @@ def label_to_seg(label: np.ndarray, affine_lps: np.ndarray, sources: list, names
         segment.SegmentedPropertyTypeCodeSequence = Sequence([_code("52988006", "Lesion")])
         segment.RecommendedDisplayCIELabValue = list(COLOURS_LAB.get(number, (65535, 32896, 32896)))
         segments.append(segment)
-    ds.SegmentSequence = Sequence(segments)
+    return Sequence(segments)
 
+
+def _dimension_index(ds: Dataset) -> None:
+    """Frames indexed by segment number, then position."""
     dimension_uid = generate_uid()
     dims = []
     for pointer, group in ((0x0062000B, 0x0062000A), (0x00200032, 0x00209113)):
@@ -138,6 +130,9 @@ def label_to_seg(label: np.ndarray, affine_lps: np.ndarray, sources: list, names
     ds.DimensionOrganizationSequence = Sequence([organisation])
     ds.DimensionIndexSequence = Sequence(dims)
 
+
+def _shared_groups(row_spacing: float, column_spacing: float, slice_step: float, orientation: list) -> Sequence:
+    """Spacing and orientation, the same for every frame."""
     shared = Dataset()
     measures = Dataset()
     measures.PixelSpacing = [f"{row_spacing:.6g}", f"{column_spacing:.6g}"]
@@ -146,40 +141,35 @@ def label_to_seg(label: np.ndarray, affine_lps: np.ndarray, sources: list, names
     plane = Dataset()
     plane.ImageOrientationPatient = [f"{v:.6g}" for v in orientation]
     shared.PlaneOrientationSequence = Sequence([plane])
-    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    return Sequence([shared])
 
-    frames, per_frame = [], []
-    for number in names:
-        mask = label == number
-        for k in range(label.shape[2]):
-            position = affine_lps @ np.array([0.0, 0.0, float(k), 1.0])
-            nearest = int(np.argmin(np.abs(depths - float(position[:3] @ normal))))
-            source = by_depth[nearest]
-            group = Dataset()
-            derivation = Dataset()
-            reference = Dataset()
-            reference.ReferencedSOPClassUID = source.SOPClassUID
-            reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-            reference.PurposeOfReferenceCodeSequence = Sequence([_code("121322", "Source image for image processing "
-                                                                       "operation", "DCM")])
-            derivation.SourceImageSequence = Sequence([reference])
-            derivation.DerivationCodeSequence = Sequence([_code("113076", "Segmentation", "DCM")])
-            group.DerivationImageSequence = Sequence([derivation])
-            content = Dataset()
-            content.DimensionIndexValues = [number, k + 1]
-            group.FrameContentSequence = Sequence([content])
-            position_item = Dataset()
-            position_item.ImagePositionPatient = [f"{v:.6g}" for v in position[:3]]
-            group.PlanePositionSequence = Sequence([position_item])
-            identification = Dataset()
-            identification.ReferencedSegmentNumber = number
-            group.SegmentIdentificationSequence = Sequence([identification])
-            per_frame.append(group)
-            frames.append(mask[:, :, k].T)
-    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
-    ds.NumberOfFrames = len(frames)
-    ds.PixelData = pack_bits(np.stack(frames).astype(np.uint8))
 
+def _frame_group(source: Dataset, number: int, k: int, position: np.ndarray) -> Dataset:
+    """Frame ``k`` of segment ``number``: its source instance, index and position."""
+    group = Dataset()
+    derivation = Dataset()
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    reference.PurposeOfReferenceCodeSequence = Sequence([_code("121322", "Source image for image processing "
+                                                               "operation", "DCM")])
+    derivation.SourceImageSequence = Sequence([reference])
+    derivation.DerivationCodeSequence = Sequence([_code("113076", "Segmentation", "DCM")])
+    group.DerivationImageSequence = Sequence([derivation])
+    content = Dataset()
+    content.DimensionIndexValues = [number, k + 1]
+    group.FrameContentSequence = Sequence([content])
+    position_item = Dataset()
+    position_item.ImagePositionPatient = [f"{v:.6g}" for v in position[:3]]
+    group.PlanePositionSequence = Sequence([position_item])
+    identification = Dataset()
+    identification.ReferencedSegmentNumber = number
+    group.SegmentIdentificationSequence = Sequence([identification])
+    return group
+
+
+def _referenced_series(first: Dataset, sources: list) -> Sequence:
+    """The source series and every instance of it."""
     referenced_series = Dataset()
     referenced_series.SeriesInstanceUID = first.SeriesInstanceUID
     instances = []
@@ -188,7 +178,43 @@ def label_to_seg(label: np.ndarray, affine_lps: np.ndarray, sources: list, names
         item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
         instances.append(item)
     referenced_series.ReferencedInstanceSequence = Sequence(instances)
-    ds.ReferencedSeriesSequence = Sequence([referenced_series])
+    return Sequence([referenced_series])
+
+
+def label_to_seg(label: np.ndarray, affine_lps: np.ndarray, sources: list, names: dict[int, str],
+                 algorithm: str = "SEMIAUTOMATIC", description: str = "MS lesions (msapp)") -> Dataset:
+    """A binary DICOM SEG of ``label`` (voxels laid out like the source series) referencing ``sources``.
+
+    ``sources`` are the series' instances (pydicom Datasets, pixels not needed); the SEG joins their patient,
+    study and frame of reference.
+    """
+    if label.ndim != 3:
+        raise StudyError(422, f"A label must be a 3D volume to become a DICOM SEG; it has shape {label.shape}.")
+    first = sources[0]
+    normal = np.cross(affine_lps[:3, 0], affine_lps[:3, 1])
+    by_depth = sorted(sources, key=lambda s: float(_position(s) @ normal))
+    depths = np.array([float(_position(s) @ normal) for s in by_depth])
+    row_spacing, column_spacing = (float(np.linalg.norm(affine_lps[:3, a])) for a in (1, 0))
+    slice_step = float(np.linalg.norm(affine_lps[:3, 2]))
+    orientation = [*(affine_lps[:3, 0] / column_spacing), *(affine_lps[:3, 1] / row_spacing)]
+
+    ds = _seg_dataset(first, label.shape, description)
+    ds.SegmentSequence = _segment_sequence(names, algorithm)
+    _dimension_index(ds)
+    ds.SharedFunctionalGroupsSequence = _shared_groups(row_spacing, column_spacing, slice_step, orientation)
+
+    frames, per_frame = [], []
+    for number in names:
+        mask = label == number
+        for k in range(label.shape[2]):
+            position = affine_lps @ np.array([0.0, 0.0, float(k), 1.0])
+            nearest = int(np.argmin(np.abs(depths - float(position[:3] @ normal))))
+            per_frame.append(_frame_group(by_depth[nearest], number, k, position))
+            frames.append(mask[:, :, k].T)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.NumberOfFrames = len(frames)
+    ds.PixelData = pack_bits(np.stack(frames).astype(np.uint8))
+    ds.ReferencedSeriesSequence = _referenced_series(first, sources)
     return ds
 
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .. import atomic
 from ..phantoms import PhantomOptions, write_cohort
 from ..studies import FLAIR, T1, T1_POST, T2
-from ..transforms import IMAGE
+from ..unet.transforms import IMAGE
 from .recipe import PredictionRecipe
 from .slices import ENHANCING, LESION, extract_study
 
@@ -92,8 +92,7 @@ def stacks(studies: list[LabelledStudy], recipe: PredictionRecipe, cache_dir: st
             logger.info("%s: slices extracted in %.1f s", study.study_id, time.time() - started)
             if cached:
                 cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_name(f".{cached.stem}.tmp.npz")
-                np.savez_compressed(tmp, **arrays)
-                os.replace(tmp, cached)
+                atomic.write_with(cached, lambda tmp, arrays=arrays: np.savez_compressed(tmp, **arrays),
+                                  prefix=f".{cached.stem}.", suffix=".tmp.npz")
         out.append({**arrays, "id": study.study_id, "subject": study.subject})
     return out

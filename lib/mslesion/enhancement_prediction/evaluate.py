@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..pretrain import machine
+from ..unet.pretrain import machine
 from .data import phantom_cohort, stacks
 from .networks import EnhancementPredictor
 from .recipe import ENHANCEMENT_PREDICTION, PredictionRecipe

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .. import weights
-from ..pretrain import machine
+from ..unet.pretrain import machine
 from .data import phantom_cohort, stacks
 from .evaluate import DEFAULT_CACHE, score_stacks, split_validation
 from .networks import EnhancementPredictor, load_imagenet_features

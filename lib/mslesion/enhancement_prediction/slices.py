@@ -29,7 +29,7 @@ from scipy import ndimage
 from ..foreground import head_foreground
 from ..studies import T1, T2
 from ..studycache import load_images
-from ..transforms import IMAGE, CompanionPathsd, ForegroundZScored, LesionMaskd
+from ..unet.transforms import IMAGE, CompanionPathsd, ForegroundZScored, LesionMaskd
 from .recipe import PredictionRecipe
 
 LESION = "lesion"          # the T2-hyperintense lesion mask (a saved FLAIR label, or flair_lesion's prediction)

@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 
+from .. import atomic
 from .options import PhantomOptions
 from .subject import make_subject
 
 
 def save_atomic(img: nib.Nifti1Image, path: Path) -> None:
-    """Write then rename, so a datastore watching the folder never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write then rename (mslesion.atomic), so a datastore watching the folder never sees half a file."""
+    atomic.save_nifti(path, img, prefix=".tmp-", suffix=".nii.gz", parents=True)
 
 
 def write_cohort(out_dir: str | os.PathLike, cohort: str = "ms", subjects: int = 4, sessions: int = 1,
@@ -62,7 +54,5 @@ def write_cohort(out_dir: str | os.PathLike, cohort: str = "ms", subjects: int =
         index = truth / "lesions.json"
         merged = json.loads(index.read_text()) if index.exists() else {}
         merged.update(metadata)
-        tmp = index.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(merged, indent=1, sort_keys=True))
-        os.replace(tmp, index)
+        atomic.write_text(index, json.dumps(merged, indent=1, sort_keys=True))
     return images

@@ -4,7 +4,7 @@ Default weights: a U-Net pretrained on enhancing-metastasis phantoms (with oedem
 paper transfers its metastasis model, then fine-tuned on the corrections radiologists save.
 """
 
-from ..recipes import ENHANCEMENT
+from ..unet.recipes import ENHANCEMENT
 from .segmentation import LesionSegmentationConfig
 
 

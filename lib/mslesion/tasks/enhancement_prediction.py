@@ -28,6 +28,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.generic import name_to_device
 
 from .. import weights
+from ..answers import write_label
 from ..enhancement_prediction.data import LabelledStudy
 from ..enhancement_prediction.data import stacks as study_stacks
 from ..enhancement_prediction.networks import EnhancementPredictor
@@ -35,14 +36,15 @@ from ..enhancement_prediction.pretrain import weights_metadata
 from ..enhancement_prediction.recipe import ENHANCEMENT_PREDICTION, PredictionRecipe
 from ..enhancement_prediction.slices import ENHANCING, LESION, enhancing_slices, load_study, to_slices
 from ..enhancement_prediction.training import train
-from ..inference import predict_logits, threshold_label
 from ..metrics import without_small_lesions
-from ..networks import lesion_unet
-from ..recipes import FLAIR_LESION, Recipe, from_checkpoint
 from ..studies import FLAIR, T1, T1_POST, T2, StudyError, parse_image_id
-from ..transforms import IMAGE, preprocess
+from ..unet.inference import predict_logits, threshold_label
+from ..unet.networks import lesion_unet
+from ..unet.postprocess import RestoreGeometryd, integer_offset, paste
+from ..unet.recipes import FLAIR_LESION, Recipe, from_checkpoint
+from ..unet.transforms import IMAGE, preprocess
 from ..vocabulary import answer_segment_name, model_labels
-from .segmentation import ReportsGpuPeak, RestoreGeometryd, StatsFileTrainTask, integer_offset, paste, write_label
+from .base import ReportsGpuPeak, StatsFileTrainTask
 
 logger = logging.getLogger(__name__)
 

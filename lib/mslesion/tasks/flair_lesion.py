@@ -4,7 +4,7 @@ Default weights: a "disease-invariant" FLAIR U-Net pretrained on non-MS hyperint
 leukoencephalopathy, small-vessel phantoms), fine-tuned on MS corrections as radiologists save them.
 """
 
-from ..recipes import FLAIR_LESION
+from ..unet.recipes import FLAIR_LESION
 from .segmentation import LesionSegmentationConfig
 
 

@@ -16,10 +16,9 @@ import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.utils.others.generic import strtobool
 
-from ..recipes import NEW_LESION
-from ..segments import NEW_LESIONS_MARKED
 from ..studies import StudyError
-from ..vocabulary import FLAIR, NEW_MS_LESION, VOCABULARY
+from ..unet.recipes import NEW_LESION
+from ..vocabulary import FLAIR, NEW_LESIONS_MARKED, NEW_MS_LESION, VOCABULARY
 from .segmentation import LesionSegmentationConfig, LesionSegmentationInfer, LesionSegmentationTrain
 
 logger = logging.getLogger(__name__)

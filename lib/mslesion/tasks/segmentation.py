@@ -6,171 +6,34 @@ InferTask and TrainTask they all use.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 import time
-from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.transforms import MapTransform, SpatialResample
 from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferType
-from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.infer.basic_infer import BasicInferTask
-from monailabel.utils.others.generic import name_to_device, strtobool
+from monailabel.utils.others.generic import name_to_device
 
 from .. import distributed, weights
-from ..answers import write_answer
-from ..datastore import atomic_write_text
-from ..inference import amp_sliding_window, gpu_peak_mb, reset_gpu_peak, threshold_label
-from ..metrics import without_small_lesions
-from ..networks import lesion_unet
-from ..recipes import Recipe, for_cpu, from_checkpoint, postprocessing
+from ..answers import write_label
 from ..report import lesion_report
 from ..studies import BASELINE, StudyError, earlier_session, parse_image_id
-from ..threads import apply_cpu_thread_policy
-from ..training import fit
-from ..transforms import IMAGE, preprocess
+from ..unet.inference import amp_sliding_window
+from ..unet.networks import lesion_unet
+from ..unet.postprocess import LesionLabeld, RestoreGeometryd, requested
+from ..unet.recipes import Recipe, for_cpu, from_checkpoint, postprocessing
+from ..unet.training import fit
+from ..unet.transforms import IMAGE, preprocess
 from ..vocabulary import model_labels
+from .base import ReportsGpuPeak, StatsFileTrainTask
 
 logger = logging.getLogger(__name__)
-
-
-def requested(data: Mapping, key: str) -> float:
-    """A numeric request option; 0, "" (a GUI's empty field) or absent mean "the tuned value" (returns 0)."""
-    value = data.get(key)
-    try:
-        return float(value) if value not in (None, "") else 0.0
-    except (TypeError, ValueError):
-        raise StudyError(422, f"'{key}' must be a number, got {value!r}; leave it at 0 for the tuned value") from None
-
-
-class LesionLabeld(MapTransform):
-    """Logits to a label holding ``value`` on predicted lesion voxels (0 elsewhere), keeping the geometry.
-
-    A voxel is lesion where its lesion probability is above ``threshold`` (or the request's ``threshold``);
-    predicted lesions smaller than ``min_voxels`` (or the request's ``min_lesion_voxels``) are dropped. Both are
-    tuned on validation studies and travel with the weights: the label answered is the one the report counts and
-    the one lesion-wise metrics score."""
-
-    def __init__(self, keys, value: int, min_voxels: int = 1, threshold: float = 0.5):
-        super().__init__(keys)
-        self.value = value
-        self.min_voxels = min_voxels
-        self.threshold = threshold
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        min_voxels = int(requested(d, "min_lesion_voxels") or self.min_voxels)
-        threshold = float(requested(d, "threshold") or self.threshold)
-        for key in self.key_iterator(d):
-            logits = d[key]
-            label = threshold_label(logits, threshold)
-            if min_voxels > 1:
-                kept = without_small_lesions(label[0].cpu().numpy(), min_voxels)
-                label = torch.as_tensor(kept, device=label.device)[None]
-            label = label * self.value
-            d[key] = MetaTensor(label, affine=logits.affine) if isinstance(logits, MetaTensor) else label
-        return d
-
-
-def integer_offset(src_affine: np.ndarray, dst_affine: np.ndarray) -> np.ndarray | None:
-    """Voxel offset from one grid to another when they differ only by a whole-voxel shift (a crop), else None."""
-    voxel_to_voxel = np.linalg.inv(dst_affine) @ src_affine
-    shift = voxel_to_voxel[:3, 3]
-    if np.allclose(voxel_to_voxel[:3, :3], np.eye(3), atol=1e-4) and np.allclose(shift, np.round(shift), atol=1e-3):
-        return np.round(shift).astype(int)
-    return None
-
-
-def paste(label: torch.Tensor, offset: np.ndarray, shape: list[int]) -> torch.Tensor:
-    """A (1, ...) label placed at ``offset`` inside an empty volume of ``shape`` (parts outside are dropped)."""
-    out = torch.zeros((1, *shape), dtype=label.dtype, device=label.device)
-    src, dst = [slice(None)], [slice(None)]
-    for start, size, full in zip(offset.tolist(), label.shape[1:], shape, strict=True):
-        lo, hi = max(start, 0), min(start + size, full)
-        if hi <= lo:
-            return out
-        src.append(slice(lo - start, hi - start))
-        dst.append(slice(lo, hi))
-    out[tuple(dst)] = label[tuple(src)]
-    return out
-
-
-class RestoreGeometryd(MapTransform):
-    """Resamples a label back onto the grid of the image as it was loaded (orientation, spacing, crop undone)."""
-
-    def __init__(self, keys, ref_key: str = IMAGE):
-        super().__init__(keys)
-        self.ref_key = ref_key
-        self.resample = SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float32)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        d = dict(data)
-        meta = d[self.ref_key].meta
-        affine = torch.as_tensor(np.asarray(meta["original_affine"]), dtype=torch.float64)
-        shape = [int(s) for s in np.asarray(meta["spatial_shape"]).tolist()]
-        for key in self.key_iterator(d):
-            label = d[key]
-            offset = integer_offset(np.asarray(label.affine, dtype=np.float64), affine.numpy())
-            if offset is not None:  # same grid up to the head crop: paste, no interpolation
-                d[key] = paste(label.as_tensor() if isinstance(label, MetaTensor) else label, offset, shape)
-                continue
-            restored = self.resample(label.to(torch.float32), dst_affine=affine, spatial_size=shape)
-            d[key] = restored.round().to(torch.uint8)
-        return d
-
-
-_RESULTS_DIR: str | None = None
-
-
-def results_dir() -> str:
-    """A directory private to this server process for answered labels.
-
-    The REST layer deletes the answered file after sending it, and MONAILabelClient saves the answer under the
-    file's *base name* in its own temp dir (/tmp by default): with the server's file directly in /tmp, a client
-    on the same machine could write its copy to the very path the server was about to delete.
-    """
-    global _RESULTS_DIR
-    if _RESULTS_DIR is None or not os.path.isdir(_RESULTS_DIR):
-        _RESULTS_DIR = tempfile.mkdtemp(prefix="msapp-results-")
-    return _RESULTS_DIR
-
-
-def write_label(label: np.ndarray, affine: np.ndarray, request: dict | None = None) -> str:
-    """The answered uint8 label in a temp file of results_dir(), in the format the request asks for
-    (``result_extension``: .nii.gz by default, .nii, or .nrrd for OHIF; see mslesion.answers)."""
-    return write_answer(label, affine, results_dir(), request)
-
-
-class ReportsGpuPeak:
-    """Infer task mixin: the server's CPU thread policy (set once, see mslesion.threads), and on CUDA the answer
-    carries the peak GPU memory the request took (``gpu_peak_mb``).
-
-    The peak is the process's, reset when the request starts: nested calls (``skip_writer``, e.g. new_lesion's
-    include_all_lesions) leave it alone, and concurrent requests on one GPU share it.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        apply_cpu_thread_policy()
-
-    def __call__(self, request, callbacks=None):
-        device = torch.device(name_to_device(request.get("device", "cuda")))
-        tracked = device.type == "cuda" and not strtobool(str(request.get("skip_writer", False)))
-        if tracked:
-            reset_gpu_peak(device)
-        label, result = super().__call__(request, callbacks)
-        if tracked and isinstance(result, dict):
-            result["gpu_peak_mb"] = gpu_peak_mb(device)
-        return label, result
 
 
 class LesionSegmentationInfer(ReportsGpuPeak, BasicInferTask):
@@ -213,7 +76,7 @@ class LesionSegmentationInfer(ReportsGpuPeak, BasicInferTask):
 
     def inferer(self, data=None):
         """The sliding window for this study: its ROI grown to cover it in one window when cheaper, its window batch
-        sized from the free GPU memory on CUDA (see mslesion.inference)."""
+        sized from the free GPU memory on CUDA (see mslesion.unet.inference)."""
         data = data or {}
         image = data.get(IMAGE)
         shape = tuple(image.shape[1:]) if isinstance(image, torch.Tensor) else None
@@ -259,25 +122,6 @@ class LesionSegmentationInfer(ReportsGpuPeak, BasicInferTask):
 FOLLOW_UP_NOTE = "of follow-up visits (with an earlier visit of the same subject in the datastore) "
 
 
-class StatsFileTrainTask(TrainTask):
-    """A TrainTask whose progress and result live in ``<model_dir>/<task>/train_stats.json`` (shown by /info/),
-    written atomically so a reader never sees half a file."""
-
-    def __init__(self, description: str, model_dir: str, task: str):
-        super().__init__(description)
-        self.stats_path = Path(model_dir) / task / "train_stats.json"
-
-    def stats(self) -> dict:
-        try:
-            return json.loads(self.stats_path.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def _write_stats(self, stats: dict) -> None:
-        self.stats_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(str(self.stats_path), json.dumps(stats, indent=1))
-
-
 class LesionSegmentationTrain(StatsFileTrainTask):
     """Fine-tunes a task's U-Net from the labels radiologists saved (or trains it de novo), then publishes it."""
 
@@ -289,7 +133,7 @@ class LesionSegmentationTrain(StatsFileTrainTask):
 
     def config(self) -> dict:
         # Numbers, never None: Slicer's options table sends a None default back as "" and OHIF's skips it. 0 means
-        # the schedule's own value (mslesion.options drops it before the request reaches the recipe).
+        # the schedule's own value (mslesion.server.options drops it before the request reaches the recipe).
         return {
             "pretrained": True,
             "schedule": ["auto", "paper", "cpu"],  # a choice: "paper" published schedule, "cpu" short one, auto picks

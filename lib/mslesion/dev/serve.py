@@ -1,6 +1,6 @@
 """``make serve-ohif``: a local Orthanc holding the demo studies, and msapp serving them over DICOMweb.
 
-Starts Orthanc (``mslesion.dicom.orthanc``, loopback only) with its storage under ``demo/orthanc``, uploads the
+Starts Orthanc (``mslesion.dev.orthanc``, loopback only) with its storage under ``demo/orthanc``, uploads the
 demo phantom studies as MR series and their saved labels as DICOM SEG the first time, then runs the MONAI Label
 server with ``--studies http://127.0.0.1:<orthanc>/dicom-web``. OHIF is at ``http://HOST:PORT/ohif/``. Orthanc is
 stopped when the server stops (Ctrl-C).
@@ -14,8 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..serverproc import ROOT
 from .orthanc import OrthancProcess
+from .serverproc import ROOT
 
 
 def main(argv=None) -> int:
@@ -34,8 +34,8 @@ def main(argv=None) -> int:
     try:
         marker = folder / ".uploaded"
         if not marker.exists():
-            from .export import upload_folder
-            from .seg import upload_label_folder
+            from ..dicom.export import upload_folder
+            from ..dicom.seg import upload_label_folder
 
             uploaded = upload_folder(Path(args.studies), orthanc.dicomweb, orthanc.auth)
             labels = upload_label_folder(Path(args.studies), uploaded, orthanc.dicomweb, orthanc.auth)

@@ -14,7 +14,7 @@ import numpy as np
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from .registration import register, warp
+from ..registration import register, warp
 
 UNCONVERGED = (
     "registration did not align the two visits (similarity {before:.3f} -> {after:.3f}); "

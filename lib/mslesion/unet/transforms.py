@@ -32,12 +32,12 @@ from monai.transforms import (
     Transform,
 )
 
-from .foreground import head_foreground
+from ..foreground import head_foreground
+from ..studies import BASELINE
+from ..studycache import load_images
+from ..threads import small_op_threads, torch_threads
 from .longitudinal import SubtractRegisteredBaselined
 from .recipes import Recipe
-from .studies import BASELINE
-from .studycache import load_images
-from .threads import small_op_threads, torch_threads
 
 IMAGE, LABEL = "image", "label"
 
@@ -173,7 +173,7 @@ class LesionBalancedIndicesd(MapTransform):
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        from .metrics import lesion_components
+        from ..metrics import lesion_components
 
         d = dict(data)
         label = np.asarray(d[self.label_key][0].cpu() if isinstance(d[self.label_key], torch.Tensor)

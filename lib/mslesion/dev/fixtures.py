@@ -49,8 +49,8 @@ class DicomPhantoms:
 def shared_phantoms() -> DicomPhantoms:
     """Subject 01 with two visits, subject 02 with one; FLAIR and T1w at 2 mm (small uploads, same geometry code)."""
     if "phantoms" not in _shared:
+        from ..dicom.export import upload_folder
         from ..phantoms import PhantomOptions, write_cohort
-        from .export import upload_folder
 
         orthanc = shared_orthanc()
         root = Path(tempfile.mkdtemp(prefix="msapp-dicom-phantoms-"))
@@ -71,7 +71,7 @@ SERVER_MODELS = "flair_lesion,new_lesion,enhancement_prediction"
 def shared_server():
     """The msapp server on the shared Orthanc (after the phantoms are uploaded), with its own model dir and cache."""
     if "server" not in _shared:
-        from ..serverproc import ServerProcess
+        from .serverproc import ServerProcess
 
         orthanc, _ = shared_orthanc(), shared_phantoms()
         work = Path(tempfile.mkdtemp(prefix="msapp-dicom-server-"))

@@ -20,8 +20,8 @@ from typing import Any
 
 from fastapi import UploadFile
 
+from ..studies import StudyError
 from .datastore import nifti_extension
-from .studies import StudyError
 
 MAX_UPLOAD_BYTES = int(float(os.environ.get("MSAPP_MAX_UPLOAD_MB", 4096)) * 2**20)
 _UPLOAD_DIR: str | None = None
@@ -137,7 +137,7 @@ def check_infer_params(params: dict, defaults: dict) -> None:
     if "device" in params:
         check_device(params["device"])
     if "result_extension" in params:
-        from .answers import answer_extension
+        from ..answers import answer_extension
 
         answer_extension(params["result_extension"])
     if "logging" in params and str(params["logging"]).upper() not in _LEVELS:

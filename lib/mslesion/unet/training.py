@@ -29,9 +29,9 @@ from monai.losses import DiceCELoss
 from monai.transforms import Compose
 from torch.nn.parallel import DistributedDataParallel
 
-from . import distributed
+from .. import distributed
+from ..metrics import pooled_scores
 from .evaluate import score_studies
-from .metrics import pooled_scores
 from .recipes import Recipe
 from .transforms import IMAGE, LABEL, lesion_indices, preprocess, training_augmentation
 

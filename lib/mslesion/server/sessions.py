@@ -13,7 +13,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
-from .studies import BASELINE, StudyError, parse_image_id, resolve_baseline
+from ..studies import BASELINE, StudyError, parse_image_id, resolve_baseline
 
 GEOMETRY_TOLERANCE_MM = 1e-2
 
@@ -23,7 +23,7 @@ def sequence_of_name(name: str) -> str | None:
     ref = parse_image_id(name)
     if ref is not None:
         return ref.suffix
-    from .dicom.catalogue import DEFAULT_PATTERNS, match_sequence
+    from ..dicom.catalogue import DEFAULT_PATTERNS, match_sequence
 
     return match_sequence(name, DEFAULT_PATTERNS)
 

@@ -16,14 +16,11 @@ read. This datastore
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,8 +31,9 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from nibabel.openers import ImageOpener
 
-from .studies import StudyError, parse_image_id
-from .vocabulary import VOCABULARY, allowed_values
+from .. import atomic
+from ..studies import StudyError, parse_image_id
+from ..vocabulary import VOCABULARY, allowed_values
 
 logger = logging.getLogger(__name__)
 
@@ -212,19 +210,6 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _tmp_prefix(dest: str) -> str:
     """Temp names carry the writer's pid: start-up clean-up removes only those of processes that are gone (the
     training subprocess opens the same datastore while the server may be saving)."""
@@ -247,42 +232,14 @@ def _writer_alive(name: str) -> bool:
 def atomic_copy(src: str, dest: str, compress: bool = False) -> None:
     """Copy ``src`` to ``dest`` so that ``dest`` is always either its old content or all of the new one.
 
-    The temp file lives in dest's folder (``os.replace`` is atomic only within one file system) and its name ends
-    in ``.msapp-tmp``, which matches no datastore extension, so a leftover is never taken for an image or label.
+    The temp file (mslesion.atomic) lives in dest's folder and its name ends in ``.msapp-tmp``, which matches no
+    datastore extension, so a leftover is never taken for an image or label.
     """
-    folder = os.path.dirname(dest) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_tmp_prefix(dest), suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as source:
-            if compress:
-                with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as zipped:
-                    shutil.copyfileobj(source, zipped, 1 << 20)
-            else:
-                shutil.copyfileobj(source, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-        _fsync_dir(folder)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic.copy_file(src, dest, compress=compress, prefix=_tmp_prefix(dest), suffix=TMP_SUFFIX, mode=0o644)
 
 
 def atomic_write_text(dest: str, text: str) -> None:
-    folder = os.path.dirname(dest) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_tmp_prefix(dest), suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-        _fsync_dir(folder)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic.write_text(dest, text, prefix=_tmp_prefix(dest), suffix=TMP_SUFFIX, mode=0o644)
 
 
 def remove_stale_temp_files(root: str) -> list[str]:

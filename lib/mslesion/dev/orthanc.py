@@ -1,6 +1,6 @@
 """Start and stop a real Orthanc (Debian's ``orthanc`` + ``orthanc-dicomweb``) with a configuration msapp writes.
 
-Used by the tests (a session fixture), by ``make serve-ohif`` and by ``python -m mslesion.dicom.orthanc``.
+Used by the tests (a session fixture), by ``make serve-ohif`` and by ``python -m mslesion.dev.orthanc``.
 Storage lives in a folder of the caller's choice; HTTP and DICOM ports are free ports picked at start.
 HTTP accepts loopback clients only (``RemoteAccessAllowed: false``) by default; when asked to accept remote
 connections, authentication is switched on with a generated password (Orthanc's default would be an open server).
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from ..serverproc import free_port, stop_process_group, wait_until_answering
+from .serverproc import free_port, stop_process_group, wait_until_answering
 
 ORTHANC = os.environ.get("MSAPP_ORTHANC", "/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = os.environ.get("MSAPP_ORTHANC_DICOMWEB", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so")

@@ -1,6 +1,7 @@
 """Active learning: which unlabelled study a radiologist should correct next.
 
-Every strategy hands out an image nobody else holds (mslesion.leases), so concurrent annotators get different studies.
+Every strategy hands out an image nobody else holds (mslesion.server.leases), so concurrent annotators get
+different studies.
 
 Strategies pick among the unlabelled images of a task's primary sequence (FLAIR for flair_lesion), never a
 T1w or T2w companion. ``uncertainty`` ranks them by a flip test-time-augmentation score: how much the model's
@@ -21,9 +22,9 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.utils.others.generic import name_to_device
 
-from .inference import amp_sliding_window
+from ..studies import FLAIR, catalogue_of
+from ..unet.inference import amp_sliding_window
 from .leases import LEASES
-from .studies import FLAIR, catalogue_of
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from .studies import FLAIR, T1, T1_POST
+from ..studies import FLAIR, T1, T1_POST
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .phantoms import PhantomOptions, write_cohort
-from .phantoms.randomise import random_options
+from ..phantoms import PhantomOptions, write_cohort
+from ..phantoms.randomise import random_options
+from ..studies import BASELINE, earlier_session, parse_image_id
 from .recipes import Recipe
-from .studies import BASELINE, earlier_session, parse_image_id
 from .transforms import IMAGE, LABEL
 
 #: Acquisition variants of the shifted test split (fixed settings that the training draws never hit exactly).

@@ -14,11 +14,9 @@ from contextlib import contextmanager
 import nibabel as nib
 import numpy as np
 
-from .answers import write_answer
-from .studies import StudyError, catalogue_of
-from .vocabulary import SegmentProblem, remap_by_label_info
-
-NEW_LESIONS_MARKED = "new_lesions_marked"
+from ..answers import write_answer
+from ..studies import StudyError, catalogue_of
+from ..vocabulary import NEW_LESIONS_MARKED, SegmentProblem, remap_by_label_info
 
 
 def image_kind(store, image_id: str) -> str | None:

@@ -1,0 +1,126 @@
+"""Evaluation of a lesion U-Net: pooled lesion-wise sensitivity, PPV, F1, Dice and false positives per scan.
+
+``python -m mslesion.evaluate TASK`` scores a task's weights on a shifted test split: phantom studies written with
+seeds and acquisition settings that training never used, one group per acquisition variant (1 mm, 3 mm axial,
+sagittal, whole head, integer-stored LPS, and lesion-free subjects), each reported with pooled counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import Dataset
+from monai.transforms import Compose
+
+from ..metrics import count_scores, lesion_scores, pooled_scores, without_small_lesions
+from .inference import lesion_margin, predict_logits
+from .recipes import Recipe
+from .transforms import IMAGE, LABEL, preprocess
+
+#: Post-processing grid searched on validation studies: lesion probability thresholds and minimum sizes (voxels).
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MIN_SIZES = (3, 5, 8, 12, 20)
+
+
+def predicted_mask(margin: torch.Tensor, threshold: float, min_voxels: int) -> np.ndarray:
+    """Lesion mask from a lesion-vs-background logit margin: probability above ``threshold``, components of at
+    least ``min_voxels``."""
+    cut = float(np.log(threshold / (1 - threshold)))
+    mask = (margin > cut).to(torch.uint8).cpu().numpy()
+    return without_small_lesions(mask, min_voxels)
+
+
+def study_margins(network: torch.nn.Module, studies, recipe: Recipe):
+    """(truth mask, lesion logit margin) per preprocessed study, in the 1 mm space the model works in."""
+    for study in studies:
+        logits = predict_logits(network, study[IMAGE], recipe, grow_window=True)  # the server's window
+        yield study[LABEL][0].cpu().numpy(), lesion_margin(logits)[0]
+
+
+def score_studies(network: torch.nn.Module, studies, recipe: Recipe) -> dict:
+    """Additive lesion counts of the recipe's post-processing over preprocessed studies (see pooled_scores)."""
+    scores = [lesion_scores(truth, predicted_mask(margin, recipe.threshold, recipe.min_lesion_voxels),
+                            recipe.score_min_voxels)
+              for truth, margin in study_margins(network, studies, recipe)]
+    return count_scores(scores) if scores else {}
+
+
+def tune_postprocessing(network: torch.nn.Module, studies, recipe: Recipe) -> tuple[dict, dict]:
+    """The threshold and minimum lesion size with the best pooled F1 on validation studies, and that score."""
+    margins = list(study_margins(network, studies, recipe))
+    best, best_scores = {"threshold": recipe.threshold, "min_lesion_voxels": recipe.min_lesion_voxels}, {}
+    for threshold in THRESHOLDS:
+        for size in MIN_SIZES:
+            counts = count_scores([lesion_scores(t, predicted_mask(m, threshold, size), recipe.score_min_voxels)
+                                   for t, m in margins])
+            scores = pooled_scores(counts)
+            if not best_scores or scores["f1"] > best_scores["f1"]:
+                best, best_scores = {"threshold": threshold, "min_lesion_voxels": size}, scores
+    return best, best_scores
+
+
+def evaluate_on_cohort(network: torch.nn.Module, items: list[dict], recipe: Recipe, device: torch.device) -> dict:
+    """Pooled lesion-wise scores of a network on labelled studies given as paths."""
+    network = network.to(device).eval()
+    studies = Dataset(items, transform=Compose(preprocess(recipe, True, device)))
+    return pooled_scores(score_studies(network, studies, recipe))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .. import weights
+    from .networks import lesion_unet
+    from .phantom_items import VARIANTS, variant_items
+    from .recipes import RECIPES, from_checkpoint
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", choices=sorted(RECIPES))
+    parser.add_argument("--weights", type=Path, default=None, help="default: model/TASK.pt")
+    parser.add_argument("--subjects", type=int, default=3, help="subjects per acquisition variant")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seed", type=int, default=90210, help="test seed (training never uses 90000-99999)")
+    parser.add_argument("--data", type=Path, default=None, help="keep the test studies here (default: a temp dir)")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--card", action="store_true",
+                        help="also put the results into model/TASK.json and rewrite the model card")
+    args = parser.parse_args(argv)
+    path = args.weights or weights.default_weights(args.task)
+    recipe = from_checkpoint(RECIPES[args.task], weights.load_metadata(path))
+    network = lesion_unet(recipe)
+    network.load_state_dict(weights.load_state(path))
+    device = torch.device("cpu")
+    out, total = {}, {}
+    with tempfile.TemporaryDirectory(prefix="mslesion-eval-") as tmp:
+        root = args.data or Path(tmp)
+        for variant in args.variants:
+            items = variant_items(root, variant, recipe, args.subjects, args.seed)
+            network = network.to(device).eval()
+            counts = score_studies(network, Dataset(items, transform=Compose(preprocess(recipe, True, device))),
+                                   recipe)
+            out[variant] = pooled_scores(counts)
+            total = {k: total.get(k, 0) + v for k, v in counts.items()}
+            print(variant, json.dumps({k: round(v, 3) for k, v in out[variant].items()}), flush=True)
+    out["pooled"] = pooled_scores(total)
+    out["postprocessing"] = {"threshold": recipe.threshold, "min_lesion_voxels": recipe.min_lesion_voxels}
+    print("pooled", json.dumps({k: round(v, 3) for k, v in out["pooled"].items()}))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    if args.card:
+        from .pretrain import write_model_card
+
+        card_path = path.with_suffix(".json")
+        card = json.loads(card_path.read_text())
+        card["shifted_split"] = {k: v for k, v in out.items() if k != "postprocessing"}
+        used = sys.argv[1:] if argv is None else argv
+        card["shifted_split_command"] = "python -m mslesion.evaluate " + " ".join(used)
+        card_path.write_text(json.dumps(card, indent=1, default=str) + "\n")
+        write_model_card(args.task, card, path.with_suffix(".md"))
+
+
+if __name__ == "__main__":
+    main()
