@@ -96,11 +96,14 @@ def test_shards_are_equal_so_no_rank_waits_in_a_collective():
 
 
 def test_validation_shares_combine_into_the_whole_cohort_scores():
-    parts = [{"studies": 2, "detected": 3, "f1": 0.5}, {}, {"studies": 1, "detected": 1, "f1": 0.8}]
-    combined = combine_scores(parts)
-    assert combined["studies"] == 3 and combined["detected"] == 4
-    assert combined["f1"] == pytest.approx((0.5 * 2 + 0.8) / 3)
-    assert combine_scores([{"studies": 1, "f1": 0.25}]) == {"studies": 1, "f1": 0.25}
+    """Ranks score their shares as lesion counts; the cohort's rates come from the summed counts (pooled), so two
+    ranks give exactly what one process scoring every study gives."""
+    one = {"studies": 2, "true_lesions": 10, "predicted_lesions": 8, "detected": 6, "correct": 6, "dice_sum": 1.2}
+    two = {"studies": 1, "true_lesions": 2, "predicted_lesions": 4, "detected": 2, "correct": 2, "dice_sum": 0.3}
+    combined = combine_scores([one, {}, two])
+    assert combined["studies"] == 3 and combined["detected"] == 8 and combined["true_lesions"] == 12
+    assert combined["sensitivity"] == pytest.approx(8 / 12) and combined["ppv"] == pytest.approx(8 / 12)
+    assert combined["dice"] == pytest.approx(0.5) and combined["fp_per_scan"] == pytest.approx(4 / 3)
     assert combine_scores([{}, {}]) == {}
 
 

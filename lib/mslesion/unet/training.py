@@ -124,6 +124,9 @@ def combine_scores(parts: list[dict]) -> dict:
     return pooled_scores(counts)
 
 
+UNPLANNED = 10**9  # a budgeted run's total before its step rate is measured: the curve stays at its start
+
+
 def fit(
     recipe: Recipe,
     network: torch.nn.Module,
@@ -151,154 +154,183 @@ def fit(
     With ``validation_share`` (a budgeted run) validation after the first epoch happens every k epochs, k chosen
     so that it takes about that share of the time; the last epoch is always validated.
     ``checkpoint`` receives the whole training state (weights, optimiser, schedule, step, RNG, best) after every
-    epoch and when ``stop`` turns true; ``resume`` continues from such a state on the same curve.
+    validated epoch and when ``stop`` turns true; ``resume`` continues from such a state on the same curve.
 
     In a process group every rank calls this with the same items and its own ``device``; ``progress`` and
     ``checkpoint`` are called on rank 0 only.
     """
-    rank, world = distributed.rank(), distributed.world_size()
-    torch.manual_seed(seed + rank)  # ranks draw different patches; DDP gives them rank 0's initial weights
-    started = time.time()
-    preprocessing = preprocess(recipe, with_label=True, device="cpu")
-    patches_per_pass = max(1, recipe.patches_per_study)
-    my_train, my_val = distributed.shard(train_items, rank, world), val_items[rank::world]
-    train_set = CacheDataset(my_train, transform=Compose(preprocessing + lesion_indices()), progress=False)
-    patch_set = Dataset(
-        [train_set[i] for i in range(len(train_set))] * max(1, recipe.augmentations),
-        transform=Compose(training_augmentation(recipe, patches_per_pass)),
-    )
-    loader = patch_loader(patch_set, recipe, device)
-    val_studies = [
-        {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
-        for s in (CacheDataset(my_val, transform=Compose(preprocessing), progress=False) if my_val else [])
-    ]
-
-    model = network.to(device)
-    if world > 1:
-        model = DistributedDataParallel(
-            network, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
-        )
-    full, rest = divmod(len(patch_set), recipe.batch_size)  # loaded batches of studies, each cut into steps
-    steps_per_epoch = full * patches_per_pass + math.ceil(rest * patches_per_pass / recipe.batch_size)
-    steps_per_epoch = int(distributed.reduce(steps_per_epoch, "min", device))  # equal by construction
-    plan = {"total": int(total_steps or recipe.epochs * steps_per_epoch)}
-    planned_before = bool(resume and 0 < resume.get("total_steps", 0) < 10**9)
-    if planned_before:
-        plan["total"] = int(resume["total_steps"])
-    elif plan_steps:
-        plan["total"] = 10**9  # until measured: the curve stays at its start
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=recipe.weight_decay)
-    schedule = poly_schedule(optimizer, plan)
-    criterion = loss_function(loss or recipe.loss)
-    dtype = amp_dtype(device)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    state = {"epoch": 0, "step": 0, "best": {}, "best_ema": -1.0, "best_epoch": 0, "ema": None, "history": [],
-             "best_state": copy.deepcopy(network.state_dict()), "patches": 0, "train_seconds": 0.0}
-    if resume:
-        network.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        schedule.load_state_dict(resume["schedule"])
-        state.update({k: resume[k] for k in state if k in resume})
-        torch.set_rng_state(resume["torch_rng"])
-    any_validation = bool(distributed.reduce(len(val_studies), "sum", device))
-    def snapshot() -> dict:
-        return {**state, "model": copy.deepcopy(network.state_dict()), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(), "total_steps": plan["total"]}
-
+    run = TrainingRun(recipe, network, train_items, val_items, device, lr, loss, seed, total_steps, plan_steps,
+                      resume)
     stopped = False
-    while state["step"] < plan["total"] and not stopped:
-        total_epochs = math.ceil(plan["total"] / max(1, steps_per_epoch)) if plan["total"] < 10**9 else None
-        epoch = state["epoch"] + 1
-        model.train()
-        epoch_start, losses = time.time(), []
+    while run.state["step"] < run.plan["total"] and not stopped:
+        epoch = run.state["epoch"] + 1
+        epoch_start = time.time()
+        losses, train_seconds, stopped = run.train_epoch(plan_steps, stop)
+        if stopped and run.state["step"] < run.plan["total"]:  # an interrupted epoch is not validated; resume
+            if checkpoint and run.rank == 0:
+                checkpoint(run.snapshot())
+            break
+        last = run.state["step"] >= run.plan["total"]
+        if not last and (epoch - 1) % run.state.get("validate_every", 1):
+            run.state["epoch"] = epoch
+            continue
+        run.validate(epoch, losses, epoch_start, train_seconds, validation_share)
+        if progress and run.rank == 0:
+            progress({"epoch": epoch, "epochs": run.total_epochs(), "history": run.state["history"],
+                      "best_epoch": run.state["best_epoch"]})
+        if checkpoint and run.rank == 0:
+            checkpoint(run.snapshot())
+    if plan_steps and run.plan["total"] == UNPLANNED:  # ended before measuring (a stop): nothing planned yet
+        run.plan["total"] = run.state["step"]
+    return run.result(stopped)
+
+
+class TrainingRun:
+    """One training of ``fit``: its data, optimiser, learning-rate curve and state (what a checkpoint holds)."""
+
+    def __init__(self, recipe: Recipe, network: torch.nn.Module, train_items: list[dict], val_items: list[dict],
+                 device: torch.device, lr: float, loss: str | None, seed: int, total_steps: int | None,
+                 plan_steps: Callable[[float], int] | None, resume: dict | None):
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        torch.manual_seed(seed + self.rank)  # ranks draw different patches; DDP gives them rank 0's initial weights
+        self.started = time.time()
+        self.recipe, self.network, self.device = recipe, network, device
+        self._load_data(train_items, val_items)
+        self.model = network.to(device)
+        if self.world > 1:
+            self.model = DistributedDataParallel(
+                network, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
+            )
+        self.plan = {"total": int(total_steps or recipe.epochs * self.steps_per_epoch)}
+        if resume and 0 < resume.get("total_steps", 0) < UNPLANNED:
+            self.plan["total"] = int(resume["total_steps"])
+        elif plan_steps:
+            self.plan["total"] = UNPLANNED
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=recipe.weight_decay)
+        self.schedule = poly_schedule(self.optimizer, self.plan)
+        self.criterion = loss_function(loss or recipe.loss)
+        self.dtype = amp_dtype(device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        self.state = {"epoch": 0, "step": 0, "best": {}, "best_ema": -1.0, "best_epoch": 0, "ema": None,
+                      "history": [], "best_state": copy.deepcopy(network.state_dict()), "patches": 0,
+                      "train_seconds": 0.0}
+        if resume:
+            network.load_state_dict(resume["model"])
+            self.optimizer.load_state_dict(resume["optimizer"])
+            self.schedule.load_state_dict(resume["schedule"])
+            self.state.update({k: resume[k] for k in self.state if k in resume})
+            torch.set_rng_state(resume["torch_rng"])
+        self.any_validation = bool(distributed.reduce(len(self.val_studies), "sum", device))
+
+    def _load_data(self, train_items: list[dict], val_items: list[dict]) -> None:
+        """This rank's cached training studies, its patch loader and its validation studies on the device."""
+        recipe, device = self.recipe, self.device
+        preprocessing = preprocess(recipe, with_label=True, device="cpu")
+        per_pass = max(1, recipe.patches_per_study)
+        self.my_train = distributed.shard(train_items, self.rank, self.world)
+        train_set = CacheDataset(self.my_train, transform=Compose(preprocessing + lesion_indices()), progress=False)
+        patch_set = Dataset(
+            [train_set[i] for i in range(len(train_set))] * max(1, recipe.augmentations),
+            transform=Compose(training_augmentation(recipe, per_pass)),
+        )
+        self.loader = patch_loader(patch_set, recipe, device)
+        my_val = val_items[self.rank::self.world]
+        self.val_studies = [
+            {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
+            for s in (CacheDataset(my_val, transform=Compose(preprocessing), progress=False) if my_val else [])
+        ]
+        full, rest = divmod(len(patch_set), recipe.batch_size)  # loaded batches of studies, each cut into steps
+        steps = full * per_pass + math.ceil(rest * per_pass / recipe.batch_size)
+        self.steps_per_epoch = int(distributed.reduce(steps, "min", device))  # equal by construction
+
+    def total_epochs(self) -> int | None:
+        total = self.plan["total"]
+        return math.ceil(total / max(1, self.steps_per_epoch)) if total < UNPLANNED else None
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            value = self.criterion(self.model(images), labels)
+        self.scaler.scale(value).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        self.state["patches"] += images.shape[0]
+        self.state["step"] += 1
+        return float(value.detach())
+
+    def train_epoch(self, plan_steps, stop) -> tuple[list[float], float, bool]:
+        """One pass over the loader (or up to the planned total, or a stop): losses, seconds, whether stopped."""
+        self.model.train()
+        state, plan = self.state, self.plan
+        started, losses, stopped = time.time(), [], False
         measure_from, measured = (time.time(), state["step"]), 0
-        for batch in loader:
-            for images, labels in patch_batches(batch, recipe.batch_size, device):
+        for batch in self.loader:
+            for images, labels in patch_batches(batch, self.recipe.batch_size, self.device):
                 if state["step"] >= plan["total"]:
                     break
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    value = criterion(model(images), labels)
-                scaler.scale(value).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                schedule.step()
-                losses.append(float(value.detach()))
-                state["patches"] += images.shape[0]
-                state["step"] += 1
+                losses.append(self.step(images, labels))
             measured += 1
-            if plan_steps and plan["total"] == 10**9 and measured == min(PLAN_AFTER_BATCHES, len(loader)):
+            if plan_steps and plan["total"] == UNPLANNED and measured == min(PLAN_AFTER_BATCHES, len(self.loader)):
                 # whole loaded batches, so patch making (most of a CPU step) is in the rate
-                plan["total"] = max(state["step"] + 1, int(plan_steps(
-                    (state["step"] - measure_from[1]) / (time.time() - measure_from[0]))))
+                rate = (state["step"] - measure_from[1]) / (time.time() - measure_from[0])
+                plan["total"] = max(state["step"] + 1, int(plan_steps(rate)))
                 logger.info("planned %d steps", plan["total"])
             stopped = bool(distributed.from_main(bool(stop and stop())))
             if stopped or state["step"] >= plan["total"]:
                 break
-        train_seconds = time.time() - epoch_start
-        state["train_seconds"] += train_seconds
-        if stopped and state["step"] < plan["total"]:  # an interrupted epoch is not validated; resume goes on
-            if checkpoint and rank == 0:
-                checkpoint(snapshot())
-            break
-        last = state["step"] >= plan["total"]
-        if not last and (epoch - 1) % state.get("validate_every", 1):
-            state["epoch"] = epoch
-            continue
+        seconds = time.time() - started
+        state["train_seconds"] += seconds
+        if self.world > 1:  # batch-norm running statistics are per rank; DDP syncs them only at the next forward
+            for buffer in self.network.buffers():
+                torch.distributed.broadcast(buffer, 0)
+        return losses, seconds, stopped
+
+    def validate(self, epoch: int, losses: list[float], epoch_start: float, train_seconds: float,
+                 validation_share: float | None) -> None:
+        """Pooled validation scores, the EMA'd best pick and the history row of one epoch."""
+        state, recipe, device = self.state, self.recipe, self.device
+        started = time.time()
         # the bare network, not the DDP wrapper: ranks validate different numbers of studies without collectives
-        validation_start = time.time()
-        metrics = combine_scores(distributed.gather(score_studies(network, val_studies, recipe)))
+        metrics = combine_scores(distributed.gather(score_studies(self.network, self.val_studies, recipe)))
         if validation_share and epoch == 1:  # validate every k epochs, so validation takes about this share
-            spent = distributed.reduce(time.time() - validation_start, "max", device)
+            spent = distributed.reduce(time.time() - started, "max", device)
             state["validate_every"] = max(1, math.ceil(spent / (validation_share * max(1e-6, train_seconds))))
-        mean_loss = distributed.reduce(sum(losses) / max(1, len(losses)), "sum", device) / world
+        mean_loss = distributed.reduce(sum(losses) / max(1, len(losses)), "sum", device) / self.world
         f1 = metrics.get("f1", 0.0)
-        state["ema"] = f1 if state["ema"] is None else recipe.validation_ema * state["ema"] + (
-            1 - recipe.validation_ema) * f1
-        row = {
-            "epoch": epoch,
-            "epochs": total_epochs,
-            "step": state["step"],
-            "lr": round(schedule.get_last_lr()[0], 7),
-            "loss": round(mean_loss, 5),
-            "seconds": round(time.time() - epoch_start, 1),
-            "f1_ema": round(state["ema"], 4),
-            **{k: round(v, 4) for k, v in metrics.items()},
-        }
+        ema = f1 if state["ema"] is None else recipe.validation_ema * state["ema"] + (1 - recipe.validation_ema) * f1
+        state["ema"] = ema
+        row = {"epoch": epoch, "epochs": self.total_epochs(), "step": state["step"],
+               "lr": round(self.schedule.get_last_lr()[0], 7), "loss": round(mean_loss, 5),
+               "seconds": round(time.time() - epoch_start, 1), "f1_ema": round(ema, 4),
+               **{k: round(v, 4) for k, v in metrics.items()}}
         state["history"].append(row)
         state["epoch"] = epoch
-        logger.info("epoch %d/%d %s", epoch, total_epochs, row)
-        if distributed.from_main(not any_validation or state["ema"] > state["best_ema"]):
-            state["best"], state["best_epoch"], state["best_ema"] = {**metrics, "f1_ema": state["ema"]}, epoch, \
-                state["ema"]
-            state["best_state"] = copy.deepcopy(network.state_dict())
-        if progress and rank == 0:
-            progress({"epoch": epoch, "epochs": total_epochs, "history": state["history"],
-                      "best_epoch": state["best_epoch"]})
-        if checkpoint and rank == 0:
-            checkpoint(snapshot())
-    if plan_steps and plan["total"] == 10**9:  # ended before measuring (a stop): nothing planned yet
-        plan["total"] = state["step"]
+        logger.info("epoch %d/%s %s", epoch, self.total_epochs(), row)
+        if distributed.from_main(not self.any_validation or ema > state["best_ema"]):
+            state["best"], state["best_epoch"], state["best_ema"] = {**metrics, "f1_ema": ema}, epoch, ema
+            state["best_state"] = copy.deepcopy(self.network.state_dict())
 
-    best_state, steps, patches = state["best_state"], state["step"], state["patches"]
-    rank_steps = [int(s) for s in distributed.gather(steps)]
-    rank_digests = distributed.gather(state_digest(best_state))
-    if len(set(rank_digests)) > 1:  # DDP keeps replicas identical; anything else is a bug, not a model to publish
-        raise RuntimeError(f"the ranks ended with different weights (sha256 {rank_digests}); nothing is published")
-    if world > 1:
-        logger.info("rank %d/%d trained %d steps (%d patches) on %d studies", rank, world, steps, patches,
-                    len(my_train))
-    total_patches = distributed.reduce(patches, "sum", device)
-    slowest = distributed.reduce(state["train_seconds"], "max", device)
-    return FitResult(
-        state=best_state,
-        best_epoch=state["best_epoch"],
-        validation=state["best"],
-        history=state["history"],
-        patches_per_second=total_patches / slowest if slowest else 0.0,
-        seconds=time.time() - started,
-        world_size=world,
-        rank_steps=rank_steps,
-        rank_digests=rank_digests,
-        stopped=stopped and steps < plan["total"],
-    )
+    def snapshot(self) -> dict:
+        return {**self.state, "model": copy.deepcopy(self.network.state_dict()),
+                "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                "torch_rng": torch.get_rng_state(), "total_steps": self.plan["total"]}
+
+    def result(self, stopped: bool) -> FitResult:
+        state, device = self.state, self.device
+        best_state, steps, patches = state["best_state"], state["step"], state["patches"]
+        rank_steps = [int(s) for s in distributed.gather(steps)]
+        rank_digests = distributed.gather(state_digest(best_state))
+        if len(set(rank_digests)) > 1:  # DDP keeps replicas identical; anything else is a bug, not a model
+            raise RuntimeError(f"the ranks ended with different weights (sha256 {rank_digests}); nothing is published")
+        if self.world > 1:
+            logger.info("rank %d/%d trained %d steps (%d patches) on %d studies", self.rank, self.world, steps,
+                        patches, len(self.my_train))
+        total_patches = distributed.reduce(patches, "sum", device)
+        slowest = distributed.reduce(state["train_seconds"], "max", device)
+        return FitResult(
+            state=best_state, best_epoch=state["best_epoch"], validation=state["best"], history=state["history"],
+            patches_per_second=total_patches / slowest if slowest else 0.0, seconds=time.time() - self.started,
+            world_size=self.world, rank_steps=rank_steps, rank_digests=rank_digests,
+            stopped=stopped and steps < self.plan["total"],
+        )
