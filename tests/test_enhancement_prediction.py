@@ -270,6 +270,11 @@ def test_infer_answers_figures_and_a_label_on_the_flairs_own_grid(tmp_path, tiny
     assert {r["axis"] for r in rows} == {axial_axis}
     expected = [k if axcodes == "RAS" else depth - 1 - k for k in (10, 13, 16, 19, 22)]  # I-S axis flipped in ILA
     assert [r["index"] for r in rows] == expected
+    assert 0.0 < result["probability"] < 1.0 and result["temperature"] == 1.0  # uncalibrated weights: T = 1
+    assert len(result["top_slices"]) == 5 and all(r in rows for r in result["top_slices"])
+    (lesion,) = result["lesions"]  # the one 6 x 6 x 8 mm lesion, in scanner mm whatever the file's axis order
+    assert lesion["volume_mm3"] == 288.0 and lesion["centroid_mm"] == [-1.5, -1.5, -2.5]
+    assert lesion["max_slice_score"] == max(r["score"] for r in rows)
     json.dumps(result)
 
 
@@ -277,6 +282,7 @@ def test_a_study_without_lesions_is_answered(tmp_path, tiny_weights):
     paths = write_study(tmp_path / "studies", "01", "01", enhancing=False, lesion=False)
     label_path, result = config(tmp_path, tiny_weights).infer()({"image": str(paths["FLAIR"]), "device": "cpu"})
     assert result["slices"] == [] and result["lesion_voxels"] == 0
+    assert result["top_slices"] == [] and result["lesions"] == []
     assert not np.asarray(nib.load(label_path).dataobj).any()
     assert 0.0 <= result["probability"] <= 1.0
 

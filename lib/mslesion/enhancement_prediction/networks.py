@@ -15,6 +15,15 @@ from torchvision.models import vgg
 
 from .recipe import PredictionRecipe
 
+#: Every participant-wise probability is clipped into [PROBABILITY_FLOOR, PROBABILITY_CEILING]: a model trained on a
+#: few hundred studies has no grounds for certainty, and an exact 0 or 1 reads as a certainty (and ties studies).
+PROBABILITY_FLOOR, PROBABILITY_CEILING = 0.005, 0.995
+
+
+def calibrated_probability(logit: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
+    """sigmoid(logit / temperature), clipped into [PROBABILITY_FLOOR, PROBABILITY_CEILING]."""
+    return torch.sigmoid(logit / temperature).clamp(PROBABILITY_FLOOR, PROBABILITY_CEILING)
+
 
 def vgg16_config(width: float) -> list[int | str]:
     """VGG16's layer configuration ("D") with every channel count scaled by ``width`` (at least 1)."""
@@ -98,7 +107,8 @@ class ParticipantNet(nn.Module):
 
 
 class EnhancementPredictor(nn.Module):
-    """Both nets and their Youden thresholds (buffers, so one state dict holds all the model needs at serving)."""
+    """Both nets, their Youden thresholds and the participant logit's calibration temperature (buffers, so one state
+    dict holds all the model needs at serving). Weights saved before calibration existed load with temperature 1."""
 
     def __init__(self, recipe: PredictionRecipe):
         super().__init__()
@@ -107,6 +117,17 @@ class EnhancementPredictor(nn.Module):
         self.participant = ParticipantNet(recipe)
         self.register_buffer("slice_threshold", torch.tensor(0.5))
         self.register_buffer("participant_threshold", torch.tensor(0.5))
+        self.register_buffer("temperature", torch.tensor(1.0))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Weights without a stored calibration (the first shipped defaults) get temperature 1 (no scaling)."""
+        if f"{prefix}slice_threshold" in state_dict and f"{prefix}temperature" not in state_dict:
+            state_dict[f"{prefix}temperature"] = torch.tensor(1.0)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def probability(self, scores: torch.Tensor) -> torch.Tensor:
+        """Calibrated, clipped participant-wise probability of (..., N) slice scores."""
+        return calibrated_probability(self.participant(scores), self.temperature)
 
     def slice_scores(self, slices: torch.Tensor, batch: int = 64) -> torch.Tensor:
         """Sigmoid scores (..., N) of stacks (..., N, 3, S, S), in batches to bound memory."""
@@ -115,13 +136,14 @@ class EnhancementPredictor(nn.Module):
         return torch.sigmoid(logits).reshape(slices.shape[:-3])
 
     def forward(self, slices: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Participant-wise probability (B,) and slice-wise scores (B, N) of stacks (B, N, 3, S, S), with the
-        thresholds (B,) they are decided at."""
+        """Participant-wise probability (B,) (calibrated, clipped) and slice-wise scores (B, N) of stacks
+        (B, N, 3, S, S), with the thresholds (B,) they are decided at."""
         scores = self.slice_scores(slices)
         batch = scores.shape[:1]
         return {
-            "probability": torch.sigmoid(self.participant(scores)),
+            "probability": self.probability(scores),
             "slice_scores": scores,
             "participant_threshold": self.participant_threshold.expand(batch),
             "slice_threshold": self.slice_threshold.expand(batch),
+            "temperature": self.temperature.expand(batch),
         }

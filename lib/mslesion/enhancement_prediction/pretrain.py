@@ -24,7 +24,7 @@ from .. import weights
 from ..pretrain import machine
 from .data import phantom_cohort, stacks
 from .evaluate import DEFAULT_CACHE, score_stacks, split_validation
-from .networks import EnhancementPredictor, load_imagenet_features
+from .networks import PROBABILITY_CEILING, PROBABILITY_FLOOR, EnhancementPredictor, load_imagenet_features
 from .recipe import ENHANCEMENT_PREDICTION, PredictionRecipe
 from .training import train
 
@@ -32,11 +32,14 @@ TASK = ENHANCEMENT_PREDICTION.task
 
 
 def weights_metadata(recipe: PredictionRecipe, model: EnhancementPredictor, extra: dict | None = None) -> dict:
-    """What a checkpoint carries beside the weights: the recipe to rebuild the net and the thresholds infer uses."""
+    """What a checkpoint carries beside the weights: the recipe to rebuild the net, the thresholds infer uses and,
+    next to them, the participant probability's calibration (temperature; 1 = none) and its clipping range."""
     return {
         "task": recipe.task,
         "recipe": recipe.as_dict(),
         "thresholds": {"slice": float(model.slice_threshold), "participant": float(model.participant_threshold)},
+        "calibration": {"temperature": float(model.temperature), "probability_clip": [PROBABILITY_FLOOR,
+                                                                                       PROBABILITY_CEILING]},
         **(extra or {}),
     }
 

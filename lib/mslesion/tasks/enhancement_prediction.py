@@ -30,6 +30,7 @@ from monailabel.utils.others.generic import name_to_device
 from .. import weights
 from ..enhancement_prediction.data import LabelledStudy
 from ..enhancement_prediction.data import stacks as study_stacks
+from ..enhancement_prediction.explain import driving_lesions, top_slices
 from ..enhancement_prediction.networks import EnhancementPredictor
 from ..enhancement_prediction.pretrain import weights_metadata
 from ..enhancement_prediction.recipe import ENHANCEMENT_PREDICTION, PredictionRecipe
@@ -191,7 +192,13 @@ class EnhancingSlicesLabeld(MapTransform):
             "slice_threshold": round(slice_cut, 4),
             "slices": sorted(rows, key=lambda r: r["index_ras_1mm"]),
             "lesion_voxels": int(lesion.sum()),
+            "temperature": round(float(out["temperature"]), 4) if "temperature" in out else 1.0,
         }
+        top = top_slices(rows)  # what drove the answer (enhancement_prediction/explain.py)
+        kept = [(int(slab), float(score)) for slab, score in zip(d["slab_index"], scores, strict=True) if slab >= 0]
+        d["enhancement"]["top_slices"] = top
+        d["enhancement"]["lesions"] = driving_lesions(lesion, ras_affine, [k[0] for k in kept], [k[1] for k in kept],
+                                                      thickness, [r["index_ras_1mm"] // thickness for r in top])
         return d
 
 
