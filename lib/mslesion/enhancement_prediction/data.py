@@ -19,10 +19,10 @@ import numpy as np
 
 from ..phantoms import PhantomOptions, write_cohort
 from ..phantoms.randomise import random_options
-from ..studies import FLAIR, T1, T1_POST, T2
+from ..studies import FLAIR, T1, T1_POST, T2, parse_image_id, session_order
 from ..transforms import IMAGE
 from .recipe import PredictionRecipe
-from .slices import ENHANCING, LESION, extract_study
+from .slices import ENHANCING, LESION, PREVIOUS, extract_study
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,21 @@ SHIFTED_VARIANTS: dict[str, dict] = {
 }
 GEOMETRY_FIELDS = ("lesion_values", "spacing", "dilation", "slab_slices", "n_slices", "fov_mm", "slice_size",
                    "min_enhancing_voxels")
+
+
+def previous_session_path(flair: str | Path) -> str | None:
+    """The FLAIR of the same subject's latest earlier session beside ``flair`` (BIDS names), if there is one."""
+    flair = Path(flair)
+    ref = parse_image_id(flair.name)
+    if ref is None:
+        return None
+    earlier = []
+    for other in flair.parent.glob(f"sub-{ref.subject}_ses-*_{ref.suffix}.nii*"):
+        found = parse_image_id(other.name)
+        if found and found.subject == ref.subject and found.suffix == ref.suffix \
+                and session_order(found.session) < session_order(ref.session):
+            earlier.append((session_order(found.session), str(other)))
+    return max(earlier)[1] if earlier else None
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class LabelledStudy:
             LESION: str(labels / f"{study_id}_{FLAIR}.nii.gz"),
             ENHANCING: str(labels / f"{study_id}_{T1_POST}.nii.gz"),
         }
+        paths[PREVIOUS] = previous_session_path(paths[IMAGE])  # used by recipes with previous_session only
         return cls(study_id, subject, paths)
 
 
@@ -117,6 +133,8 @@ def phantom_cohort(root: str | Path, subjects: int, seed: int, first_subject: in
 def geometry_key(recipe: PredictionRecipe) -> str:
     """Short hash of the recipe fields that change a slice stack (a cache folder per geometry)."""
     values = {name: getattr(recipe, name) for name in GEOMETRY_FIELDS}
+    if recipe.previous_session:  # only then, so that the caches of earlier recipes keep their keys
+        values["previous_session"] = True
     return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -28,6 +28,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +263,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--randomised", action="store_true",
                         help="cross-validate on a randomised cohort (acquisition, contrast and activity signs)")
+    parser.add_argument("--previous-session", action="store_true",
+                        help="cross-validate the recipe with the FLAIR-change channel (weights carry their own recipe)")
     parser.add_argument("--cohort", type=Path, default=None, help="phantom cohort folder (made if missing)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default enhancement_prediction_cv, "
                                                                 "--shifted: enhancement_prediction_shifted)")
@@ -285,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.time()
-    recipe = ENHANCEMENT_PREDICTION
+    recipe = replace(ENHANCEMENT_PREDICTION, previous_session=args.previous_session)
     model = None
     if args.weights:
         model, recipe = load_model(args.weights, device)

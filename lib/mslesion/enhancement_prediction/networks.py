@@ -30,9 +30,13 @@ def vgg16_config(width: float) -> list[int | str]:
     return [v if v == "M" else max(1, round(int(v) * width)) for v in vgg.cfgs["D"]]
 
 
-def vgg16_features(width: float = 1.0, batch_norm: bool = False) -> nn.Sequential:
-    """VGG16's convolutional base (13 convolutions in 5 blocks, each ending with a 2x2 max pool)."""
+def vgg16_features(width: float = 1.0, batch_norm: bool = False, in_channels: int = 3) -> nn.Sequential:
+    """VGG16's convolutional base (13 convolutions in 5 blocks, each ending with a 2x2 max pool); ``in_channels``
+    other than 3 (the optional FLAIR-change channel) replaces the first convolution."""
     features = vgg.make_layers(vgg16_config(width), batch_norm=batch_norm)
+    if in_channels != 3:
+        first = features[0]
+        features[0] = nn.Conv2d(in_channels, first.out_channels, kernel_size=3, padding=1)
     for module in features.modules():  # torchvision's VGG initialisation, which make_layers leaves to VGG
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -59,15 +63,20 @@ def load_imagenet_features(features: nn.Sequential, path: str | Path) -> None:
     own = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
     if not own:
         raise ValueError(f"{path} holds no VGG16 'features.*' weights")
+    if features[0].in_channels != 3:  # the FLAIR-change channel starts at zero weights: at first it sees nothing new
+        from ..weights import transfer_state
+
+        own = transfer_state(own, features.state_dict())
     features.load_state_dict(own)
 
 
 class SliceClassifier(nn.Module):
-    """VGG16 base + new dense head: one axial slice (3 channels: T1w, T2w, FLAIR) -> enhancement logit."""
+    """VGG16 base + new dense head: one axial slice (3 channels: T1w, T2w, FLAIR; a 4th, the FLAIR change since the
+    previous session, with ``recipe.previous_session``) -> enhancement logit."""
 
     def __init__(self, recipe: PredictionRecipe):
         super().__init__()
-        self.features = vgg16_features(recipe.width, recipe.batch_norm)
+        self.features = vgg16_features(recipe.width, recipe.batch_norm, 4 if recipe.previous_session else 3)
         channels = vgg16_config(recipe.width)[-2]
         side = recipe.slice_size // 32  # five 2x2 max pools
         self.head = nn.Sequential(

@@ -147,12 +147,12 @@ def write_model_card(card: dict, path: Path) -> None:
 
 def pretrain(subjects: int, held_out: int, seed: int, cohort: Path, out_dir: Path, threads: int,
              imagenet: Path | None = None, width: float | None = None, randomised: bool = False,
-             shifted_subjects: int = 0, schedule: dict | None = None) -> dict:
+             shifted_subjects: int = 0, schedule: dict | None = None, previous_session: bool = False) -> dict:
     started = time.time()
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     recipe = ENHANCEMENT_PREDICTION if width is None else replace(ENHANCEMENT_PREDICTION, width=width)
-    recipe = recipe.with_overrides(schedule or {})
+    recipe = replace(recipe.with_overrides(schedule or {}), previous_session=previous_session)
     model = EnhancementPredictor(recipe)
     if imagenet:
         load_imagenet_features(model.slice_classifier.features, imagenet)
@@ -180,6 +180,7 @@ def pretrain(subjects: int, held_out: int, seed: int, cohort: Path, out_dir: Pat
         "clinical_use": False,
         "seed": seed,
         "randomised": randomised,
+        "previous_session": previous_session,
         "temperature": float(model.temperature),
         "shifted": shifted,
         "imagenet": str(imagenet) if imagenet else None,
@@ -229,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="randomised cohorts: acquisition, contrast and activity signs drawn per subject")
     parser.add_argument("--shifted-subjects", type=int, default=0,
                         help="also score the weights on the shifted test cohort, N subjects per variant (0: no)")
+    parser.add_argument("--previous-session", action="store_true",
+                        help="add the FLAIR change since the previous session as a 4th input channel (default off)")
     parser.add_argument("--schedule", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="schedule overrides, e.g. scratch_epochs=20 participant_epochs=500 (a smoke test)")
     args = parser.parse_args(argv)
@@ -241,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--imagenet needs --width 1 (ImageNet weights exist only for the full-width VGG16)")
     cohort = args.cohort or DEFAULT_CACHE / f"ms{'-randomised' if args.randomised else ''}-seed{args.seed}"
     card = pretrain(args.subjects, args.held_out, args.seed, cohort, args.out, args.threads, args.imagenet, args.width,
-                    randomised=args.randomised, shifted_subjects=args.shifted_subjects, schedule=schedule)
+                    randomised=args.randomised, shifted_subjects=args.shifted_subjects, schedule=schedule,
+                    previous_session=args.previous_session)
     print(json.dumps({k: card[k] for k in ("thresholds", "temperature", "held_out", "train_seconds", "file_kb")},
                      indent=1))
 
