@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
@@ -28,7 +29,7 @@ from monai.transforms import (
 from scipy import ndimage
 
 from ..foreground import head_foreground
-from ..longitudinal import SubtractRegisteredBaselined
+from ..registration import register, warp
 from ..studies import T1, T2
 from ..studycache import load_images
 from ..transforms import IMAGE, CompanionPathsd, ForegroundZScored, LesionMaskd
@@ -203,7 +204,7 @@ class SliceStackd(MapTransform):
 class FlairChanged(MapTransform):
     """``flair_change``: the (z-scored) FLAIR minus the previous session's FLAIR, read from the path under
     ``previous_flair``, put on the FLAIR's 1 mm RAS grid, z-scored over its head and registered onto the FLAIR
-    (rigid + affine, as new_lesion does); all zeros when there is no previous session (no path)."""
+    (rigid + affine, as new_lesion's SubtractRegisteredBaselined); all zeros without a previous session (no path)."""
 
     def __init__(self, recipe: PredictionRecipe):
         super().__init__(keys=[IMAGE])
@@ -220,10 +221,13 @@ class FlairChanged(MapTransform):
         if not isinstance(previous, str) or not previous:
             d[CHANGE] = torch.zeros_like(torch.as_tensor(image))
             return d
-        loaded = self.load({PREVIOUS: previous})[PREVIOUS].to(torch.as_tensor(image).device)
-        d[CHANGE] = image.clone()
-        d[PREVIOUS] = loaded
-        return SubtractRegisteredBaselined(CHANGE, PREVIOUS)(d)
+        earlier = self.load({PREVIOUS: previous})[PREVIOUS].to(image.device)
+        # as new_lesion's subtraction: register the current FLAIR to the earlier one, pull the earlier one back
+        result = register(earlier, image, affine=True)
+        on_image = warp(earlier, image, np.linalg.inv(result.matrix))
+        d[CHANGE] = MetaTensor(image.as_tensor() - on_image.as_tensor().to(image.device), affine=image.affine,
+                               meta=dict(image.meta))
+        return d
 
 
 def load_study(recipe: PredictionRecipe, with_lesion: bool, with_truth: bool = False,
