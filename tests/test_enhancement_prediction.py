@@ -270,6 +270,11 @@ def test_infer_answers_figures_and_a_label_on_the_flairs_own_grid(tmp_path, tiny
     assert {r["axis"] for r in rows} == {axial_axis}
     expected = [k if axcodes == "RAS" else depth - 1 - k for k in (10, 13, 16, 19, 22)]  # I-S axis flipped in ILA
     assert [r["index"] for r in rows] == expected
+    assert 0.0 < result["probability"] < 1.0 and result["temperature"] == 1.0  # uncalibrated weights: T = 1
+    assert len(result["top_slices"]) == 5 and all(r in rows for r in result["top_slices"])
+    (lesion,) = result["lesions"]  # the one 6 x 6 x 8 mm lesion, in scanner mm whatever the file's axis order
+    assert lesion["volume_mm3"] == 288.0 and lesion["centroid_mm"] == [-1.5, -1.5, -2.5]
+    assert lesion["max_slice_score"] == max(r["score"] for r in rows)
     json.dumps(result)
 
 
@@ -277,6 +282,7 @@ def test_a_study_without_lesions_is_answered(tmp_path, tiny_weights):
     paths = write_study(tmp_path / "studies", "01", "01", enhancing=False, lesion=False)
     label_path, result = config(tmp_path, tiny_weights).infer()({"image": str(paths["FLAIR"]), "device": "cpu"})
     assert result["slices"] == [] and result["lesion_voxels"] == 0
+    assert result["top_slices"] == [] and result["lesions"] == []
     assert not np.asarray(nib.load(label_path).dataobj).any()
     assert 0.0 <= result["probability"] <= 1.0
 
@@ -409,3 +415,43 @@ def test_shipped_weights_are_small_fp16_and_carry_their_recipe_and_thresholds():
     assert float(payload["model"]["slice_threshold"]) == card["thresholds"]["slice"]
     assert PredictionRecipe.from_dict(meta["recipe"]) == ENHANCEMENT_PREDICTION
     assert "NOT for clinical use" in path.with_suffix(".md").read_text()
+
+
+def test_previous_session_adds_a_flair_change_channel(tmp_path):
+    """recipe.previous_session (default off): a 4th channel, FLAIR minus the registered previous FLAIR; zeros for a
+    first visit. The network then reads 4 channels."""
+    from mslesion.enhancement_prediction.data import LabelledStudy, previous_session_path, stacks
+
+    studies = tmp_path / "studies"
+    base = write_study(studies, "01", "01", enhancing=False, lesion=False, seed=1)  # no lesion at the first visit
+    follow = write_study(studies, "01", "02", enhancing=True, seed=2)               # a new, enhancing lesion
+    assert previous_session_path(follow["FLAIR"]) == str(base["FLAIR"])
+    assert previous_session_path(base["FLAIR"]) is None
+    assert not ENHANCEMENT_PREDICTION.previous_session
+    recipe = replace(SMALL, previous_session=True)
+    labels = studies / "labels" / "final"
+    first, second = stacks([LabelledStudy.from_folder(f"sub-01_ses-{s}", studies, labels) for s in ("01", "02")],
+                           recipe, cache_dir=None)
+    assert first["slices"].shape[1] == second["slices"].shape[1] == 4
+    assert not np.any(first["slices"][:, 3])                   # no previous session: zeros
+    real = second["slice_index"] >= 0
+    change, flair = second["slices"][real, 3].astype(np.float32), second["slices"][real, 2].astype(np.float32)
+    assert change.max() > 1.0 and np.corrcoef(change.ravel(), flair.ravel())[0, 1] > 0.5  # the new lesion shows
+    model = EnhancementPredictor(recipe)
+    out = model(torch.from_numpy(second["slices"].astype(np.float32))[None])
+    assert out["slice_scores"].shape == (1, recipe.n_slices)
+
+
+def test_weights_with_the_previous_session_channel_are_served(tmp_path):
+    recipe = replace(ENHANCEMENT_PREDICTION, previous_session=True)
+    torch.manual_seed(0)
+    model = EnhancementPredictor(recipe)
+    path = tmp_path / "weights.pt"
+    weights.save_state(model.state_dict(), path, half=True, metadata=weights_metadata(recipe, model))
+    studies = tmp_path / "studies"
+    write_study(studies, "01", "01", enhancing=False, lesion=False, seed=1)
+    follow = write_study(studies, "01", "02", enhancing=True, seed=2)
+    task = config(tmp_path, path)
+    assert task.recipe.previous_session
+    _, result = task.infer()({"image": str(follow["FLAIR"]), "device": "cpu"})
+    assert 0.0 < result["probability"] < 1.0 and len(result["slices"]) == 5

@@ -1,11 +1,15 @@
 """Default weights of enhancement_prediction, trained on MS phantoms (nothing is downloaded).
 
     python -m mslesion.enhancement_prediction.pretrain [--subjects 64] [--held-out 8] [--seed 2020]
+           [--randomised] [--shifted-subjects N] [--schedule scratch_epochs=40 ...]
            [--cohort DIR] [--out model/] [--imagenet vgg16-397923af.pth --width 1]
 
-Subjects 1..S of the phantom cohort train (a quarter of them validate: epoch choice, Youden thresholds); the next
-``--held-out`` subjects are never seen and give the model card's figures. Writes ``enhancement_prediction.pt``
-(fp16 weights + metadata: recipe, thresholds, figures), ``.json`` and a model card ``.md``.
+Subjects 1..S of the phantom cohort train (a quarter of them validate: epoch choice, the participant probability's
+calibration, Youden thresholds); the next ``--held-out`` subjects are never seen and give the model card's figures.
+``--randomised``: every subject draws its own acquisition, contrast and activity signs (phantoms/activity.py).
+``--shifted-subjects N``: the finished weights are also scored on the shifted test cohort (N subjects per variant,
+seeds 90000+, ``evaluate --shifted``) and the card holds that table. Writes ``enhancement_prediction.pt`` (fp16
+weights + metadata: recipe, thresholds, calibration, figures), ``.json`` and a model card ``.md``.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ import torch
 
 from .. import weights
 from ..unet.pretrain import machine
-from .data import phantom_cohort, stacks
-from .evaluate import DEFAULT_CACHE, score_stacks, split_validation
-from .networks import EnhancementPredictor, load_imagenet_features
+from .data import SHIFTED_VARIANTS, TEST_SEED_FLOOR, phantom_cohort, stacks
+from .evaluate import DEFAULT_CACHE, format_shifted, score_stacks, shifted_evaluation, split_validation
+from .networks import PROBABILITY_CEILING, PROBABILITY_FLOOR, EnhancementPredictor, load_imagenet_features
 from .recipe import ENHANCEMENT_PREDICTION, PredictionRecipe
 from .training import train
 
@@ -32,11 +36,14 @@ TASK = ENHANCEMENT_PREDICTION.task
 
 
 def weights_metadata(recipe: PredictionRecipe, model: EnhancementPredictor, extra: dict | None = None) -> dict:
-    """What a checkpoint carries beside the weights: the recipe to rebuild the net and the thresholds infer uses."""
+    """What a checkpoint carries beside the weights: the recipe to rebuild the net, the thresholds infer uses and,
+    next to them, the participant probability's calibration (temperature; 1 = none) and its clipping range."""
     return {
         "task": recipe.task,
         "recipe": recipe.as_dict(),
         "thresholds": {"slice": float(model.slice_threshold), "participant": float(model.participant_threshold)},
+        "calibration": {"temperature": float(model.temperature), "probability_clip": [PROBABILITY_FLOOR,
+                                                                                       PROBABILITY_CEILING]},
         **(extra or {}),
     }
 
@@ -45,22 +52,50 @@ def _row(figures: dict) -> str:
     return " | ".join(f"{figures[k]:.3f}" for k in ("auc", "sensitivity", "specificity", "accuracy", "ppv", "npv"))
 
 
+def _shifted_lines(shifted: dict | None) -> list[str]:
+    """The model card's table of the shifted test cohort (evaluate --shifted), if it was run."""
+    if not shifted:
+        return []
+    lines = [f"## Shifted test cohort (seeds {shifted['seed']}+, never used in training)", "",
+             f"{shifted['subjects_per_variant']} subjects x 2 visits per acquisition variant, randomised contrast and"
+             " activity signs; AUC with participant bootstrap 95% CI, figures at the stored thresholds:", "",
+             "| group | studies (enhancing) | participant AUC | sens | spec | Brier (base rate) | slice AUC |"
+             " sens | spec |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, g in shifted["groups"].items():
+        p, s = g["participant"], g["slice"]
+        lines.append(f"| {name} | {g['studies']} ({g['enhancing_studies']}) | {p['auc']:.3f}"
+                     f" ({p['auc_ci95'][0]:.2f}-{p['auc_ci95'][1]:.2f}) | {p['sensitivity']:.3f} |"
+                     f" {p['specificity']:.3f} | {p['brier']:.3f} ({p['brier_base_rate']:.3f}) | {s['auc']:.3f}"
+                     f" ({s['auc_ci95'][0]:.2f}-{s['auc_ci95'][1]:.2f}) | {s['sensitivity']:.3f} |"
+                     f" {s['specificity']:.3f} |")
+    return [*lines, ""]
+
+
 def write_model_card(card: dict, path: Path) -> None:
     held, recipe = card["held_out"], card["recipe"]
+    signature = (
+        ["MS phantoms (docs/phantoms.md); no patient data and no downloaded weights were used. Every phantom subject",
+         "drew its own acquisition, contrast and non-contrast signs of activity (phantoms/activity.py: T2/FLAIR",
+         "brightening, oedema halo, T1 iso-intensity, ill-defined margins, each present or not and of random strength,",
+         "some enhancing lesions with no sign, some inactive lesions mimicking them); these weights learned *those*",
+         "synthetic signs. Whether real enhancing lesions can be told apart"]
+        if card.get("randomised") else
+        ["MS phantoms (docs/phantoms.md); no patient data and no downloaded weights were used. Phantom lesions that",
+         "enhance carry a fixed, synthetic non-contrast signature (brighter FLAIR/T2, milder T1 hypointensity, a 2 mm",
+         "oedema halo); these weights learned *that* signature. Whether real enhancing lesions can be told apart"])
+    calibration = card.get("validation", {}).get("calibration") or {}
     lines = [
         f"# {TASK}: default weights (synthetic MS phantoms, NOT for clinical use)",
         "",
         "These weights were produced by `python -m mslesion.enhancement_prediction.pretrain` from the project's own",
-        "MS phantoms (docs/phantoms.md); no patient data and no downloaded weights were used. Phantom lesions that",
-        "enhance carry a fixed, synthetic non-contrast signature (brighter FLAIR/T2, milder T1 hypointensity, a 2 mm",
-        "oedema halo); these weights learned *that* signature. Whether real enhancing lesions can be told apart",
+        *signature,
         "without contrast is what the paper studied on patients; nothing here is evidence of it. Retrain on your own",
         "labelled studies (POST /train/enhancement_prediction) before looking at any output, and never use it to",
         "decide whether a patient gets gadolinium.",
         "",
         "## How they were made",
         "",
-        f"- Phantom cohort `ms`, seed {card['seed']}: subjects"
+        f"- Phantom cohort `ms`{' (randomised)' if card.get('randomised') else ''}, seed {card['seed']}: subjects"
         f" {card['train_subjects'][0]}..{card['train_subjects'][-1]}"
         f" minus validation, 2 visits each: {card['train_studies']} training studies, {card['val_studies']} validation"
         f" studies (subjects {', '.join(card['val_subjects'])}).",
@@ -80,6 +115,10 @@ def write_model_card(card: dict, path: Path) -> None:
         f" dropout {recipe['participant_dropout']}, {recipe['participant_epochs']} full-batch steps.",
         f"- Youden-optimal thresholds on the validation studies: slice-wise {card['thresholds']['slice']:.3f},"
         f" participant-wise {card['thresholds']['participant']:.3f} (inference uses them).",
+        f"- Calibration: temperature scaling of the participant logit fitted on the validation studies, T ="
+        f" {card.get('temperature', 1.0):.3f}"
+        + (f" (log-loss {calibration['log_loss_before']:.3f} -> {calibration['log_loss_after']:.3f})"
+           if calibration else "") + "; every answer is clipped into [0.005, 0.995].",
         f"- Training took {card['train_seconds'] / 60:.1f} min on {card['machine']} ({card['threads']} thread(s),"
         f" {card['slices_per_second']:.0f} slices/s), after {card['preparation_seconds'] / 60:.1f} min making or"
         " reading the phantoms and their slice stacks.",
@@ -95,6 +134,7 @@ def write_model_card(card: dict, path: Path) -> None:
         f"| slice-wise | {_row(held['slice'])} |",
         f"| participant-wise | {_row(held['participant'])} |",
         "",
+        *_shifted_lines(card.get("shifted")),
         "Five-fold cross-validation of the same recipe: see docs/enhancement_prediction.md.",
         "",
         "At inference without a saved FLAIR label the lesion mask comes from flair_lesion's U-Net, whose phantom",
@@ -106,16 +146,19 @@ def write_model_card(card: dict, path: Path) -> None:
 
 
 def pretrain(subjects: int, held_out: int, seed: int, cohort: Path, out_dir: Path, threads: int,
-             imagenet: Path | None = None, width: float | None = None) -> dict:
+             imagenet: Path | None = None, width: float | None = None, randomised: bool = False,
+             shifted_subjects: int = 0, schedule: dict | None = None, previous_session: bool = False) -> dict:
     started = time.time()
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     recipe = ENHANCEMENT_PREDICTION if width is None else replace(ENHANCEMENT_PREDICTION, width=width)
+    recipe = replace(recipe.with_overrides(schedule or {}), previous_session=previous_session)
     model = EnhancementPredictor(recipe)
     if imagenet:
         load_imagenet_features(model.slice_classifier.features, imagenet)
-    items = stacks(phantom_cohort(cohort, subjects, seed), recipe, cohort / "stacks")
-    held_items = stacks(phantom_cohort(cohort, held_out, seed, first_subject=subjects + 1), recipe, cohort / "stacks")
+    items = stacks(phantom_cohort(cohort, subjects, seed, randomised=randomised), recipe, cohort / "stacks")
+    held_items = stacks(phantom_cohort(cohort, held_out, seed, first_subject=subjects + 1, randomised=randomised),
+                        recipe, cohort / "stacks")
     prepared = time.time() - started
     train_subjects, val_subjects = split_validation(sorted({i["subject"] for i in items}), recipe.val_fraction, seed)
     train_items = [i for i in items if i["subject"] in train_subjects]
@@ -124,6 +167,11 @@ def pretrain(subjects: int, held_out: int, seed: int, cohort: Path, out_dir: Pat
                    progress=lambda u: print(json.dumps(u["history"][-1]), flush=True))
     model = result.model
     held = score_stacks(model, held_items, device)
+    shifted = None
+    if shifted_subjects:
+        shifted = shifted_evaluation(model, recipe, cohort.parent, shifted_subjects, TEST_SEED_FLOOR,
+                                     list(SHIFTED_VARIANTS), device)
+        print(format_shifted(shifted), flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     card = {
         "task": TASK,
@@ -131,6 +179,10 @@ def pretrain(subjects: int, held_out: int, seed: int, cohort: Path, out_dir: Pat
         "synthetic": True,
         "clinical_use": False,
         "seed": seed,
+        "randomised": randomised,
+        "previous_session": previous_session,
+        "temperature": float(model.temperature),
+        "shifted": shifted,
         "imagenet": str(imagenet) if imagenet else None,
         "recipe": recipe.as_dict(),
         "train_subjects": [f"{n:02d}" for n in range(1, subjects + 1)],
@@ -153,7 +205,7 @@ def pretrain(subjects: int, held_out: int, seed: int, cohort: Path, out_dir: Pat
         "generated": time.strftime("%Y-%m-%d"),
     }
     target = out_dir / f"{TASK}.pt"
-    meta = weights_metadata(recipe, model, {"source": card["source"], "synthetic": True,
+    meta = weights_metadata(recipe, model, {"source": card["source"], "synthetic": True, "randomised": randomised,
                                             "held_out": card["held_out"], "validation": result.validation})
     weights.save_state(model.state_dict(), target, half=True, metadata=meta)
     card["file_kb"] = round(target.stat().st_size / 1024)
@@ -174,13 +226,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--imagenet", type=Path, default=None,
                         help="local torchvision vgg16 ImageNet weights (needs --width 1): skips the from-scratch stage")
     parser.add_argument("--width", type=float, default=None, help="VGG16 channel multiplier (default: the recipe's)")
+    parser.add_argument("--randomised", action="store_true",
+                        help="randomised cohorts: acquisition, contrast and activity signs drawn per subject")
+    parser.add_argument("--shifted-subjects", type=int, default=0,
+                        help="also score the weights on the shifted test cohort, N subjects per variant (0: no)")
+    parser.add_argument("--previous-session", action="store_true",
+                        help="add the FLAIR change since the previous session as a 4th input channel (default off)")
+    parser.add_argument("--schedule", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="schedule overrides, e.g. scratch_epochs=20 participant_epochs=500 (a smoke test)")
     args = parser.parse_args(argv)
+    try:
+        schedule = dict(item.split("=", 1) for item in args.schedule)
+    except ValueError:
+        parser.error("--schedule takes FIELD=VALUE pairs")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.imagenet and (args.width or ENHANCEMENT_PREDICTION.width) != 1:
         parser.error("--imagenet needs --width 1 (ImageNet weights exist only for the full-width VGG16)")
-    cohort = args.cohort or DEFAULT_CACHE / f"ms-seed{args.seed}"
-    card = pretrain(args.subjects, args.held_out, args.seed, cohort, args.out, args.threads, args.imagenet, args.width)
-    print(json.dumps({k: card[k] for k in ("thresholds", "held_out", "train_seconds", "file_kb")}, indent=1))
+    cohort = args.cohort or DEFAULT_CACHE / f"ms{'-randomised' if args.randomised else ''}-seed{args.seed}"
+    card = pretrain(args.subjects, args.held_out, args.seed, cohort, args.out, args.threads, args.imagenet, args.width,
+                    randomised=args.randomised, shifted_subjects=args.shifted_subjects, schedule=schedule,
+                    previous_session=args.previous_session)
+    print(json.dumps({k: card[k] for k in ("thresholds", "temperature", "held_out", "train_seconds", "file_kb")},
+                     indent=1))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,10 @@ class PredictionRecipe:
     val_fraction: float = 0.25                     # of the subjects, for epoch choice and the Youden thresholds
     min_labelled_studies: int = 4                  # training from saved labels needs at least this many studies
     longitudinal: bool = False                     # one session (the app resolves a baseline only when True)
+    # optional 4th input channel (default off): the FLAIR minus the subject's previous session's FLAIR registered
+    # onto it (rigid + affine), zero where there is no earlier session. New or enlarging lesions are the strongest
+    # non-contrast sign of activity; the app finds the previous session itself (this is not ``longitudinal``).
+    previous_session: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)

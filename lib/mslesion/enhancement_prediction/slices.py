@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
     EnsureTyped,
+    LoadImaged,
     MapTransform,
     Orientationd,
     ResampleToMatchd,
@@ -27,6 +29,7 @@ from monai.transforms import (
 from scipy import ndimage
 
 from ..foreground import head_foreground
+from ..registration import register, warp
 from ..studies import T1, T2
 from ..studycache import load_images
 from ..unet.transforms import IMAGE, CompanionPathsd, ForegroundZScored, LesionMaskd
@@ -37,6 +40,13 @@ REGION = "region"          # the lesion mask dilated: what the slice classifier 
 ENHANCING = "enhancing"    # the post-contrast T1 label (1 = enhancing lesion): ground truth, training only
 HEAD_CENTRE = "head_centre"
 CHANNELS = (T1, T2, IMAGE)  # input channel order of a slice: T1w, T2w, FLAIR
+PREVIOUS = "previous_flair"  # the previous session's FLAIR (recipe.previous_session only)
+CHANGE = "flair_change"      # FLAIR minus the registered previous FLAIR: the optional 4th channel
+
+
+def channels_of(recipe: PredictionRecipe) -> tuple[str, ...]:
+    """The input channels of a slice: T1w, T2w, FLAIR, and the FLAIR change when the recipe asks for it."""
+    return (*CHANNELS, CHANGE) if recipe.previous_session else CHANNELS
 
 
 def ball(radius: int) -> np.ndarray:
@@ -177,7 +187,8 @@ class SliceStackd(MapTransform):
         region = slabs(np.asarray(d[REGION], dtype=bool), thickness, reduce="any")
         chosen = most_masked_slices(region, self.recipe.n_slices)
         picked = chosen[chosen >= 0]
-        channels = np.stack([slab_means(np.asarray(d[key])[0], picked, thickness) for key in CHANNELS])
+        channels = np.stack([slab_means(np.asarray(d[key])[0], picked, thickness)
+                             for key in channels_of(self.recipe)])
         d["slices"] = slice_stack(channels, region[..., picked], chosen >= 0, d[HEAD_CENTRE], self.recipe)
         d["slab_index"] = chosen
         d["slice_index"] = slab_centres(chosen, thickness)
@@ -187,6 +198,35 @@ class SliceStackd(MapTransform):
             positive_slabs = slabs(positive[None], thickness, reduce="any")[0]
             d["slice_truth"] = np.where(chosen >= 0, positive_slabs[np.maximum(chosen, 0)], False).astype(np.uint8)
             d["study_truth"] = int(positive.any())
+        return d
+
+
+class FlairChanged(MapTransform):
+    """``flair_change``: the (z-scored) FLAIR minus the previous session's FLAIR, read from the path under
+    ``previous_flair``, put on the FLAIR's 1 mm RAS grid, z-scored over its head and registered onto the FLAIR
+    (rigid + affine, as new_lesion's SubtractRegisteredBaselined); all zeros without a previous session (no path)."""
+
+    def __init__(self, recipe: PredictionRecipe):
+        super().__init__(keys=[IMAGE])
+        self.load = Compose([
+            LoadImaged(keys=PREVIOUS, reader="NibabelReader", dtype=np.float32), EnsureChannelFirstd(keys=PREVIOUS),
+            EnsureTyped(keys=PREVIOUS, track_meta=True), Orientationd(keys=PREVIOUS, axcodes="RAS"),
+            Spacingd(keys=PREVIOUS, pixdim=recipe.spacing, mode="bilinear"), ForegroundZScored(keys=[PREVIOUS]),
+        ])
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        image = d[IMAGE]
+        previous = d.pop(PREVIOUS, None)
+        if not isinstance(previous, str) or not previous:
+            d[CHANGE] = torch.zeros_like(torch.as_tensor(image))
+            return d
+        earlier = self.load({PREVIOUS: previous})[PREVIOUS].to(image.device)
+        # as new_lesion's subtraction: register the current FLAIR to the earlier one, pull the earlier one back
+        result = register(earlier, image, affine=True)
+        on_image = warp(earlier, image, np.linalg.inv(result.matrix))
+        d[CHANGE] = MetaTensor(image.as_tensor() - on_image.as_tensor().to(image.device), affine=image.affine,
+                               meta=dict(image.meta))
         return d
 
 
@@ -215,6 +255,8 @@ def load_study(recipe: PredictionRecipe, with_lesion: bool, with_truth: bool = F
         chain.append(ResampleToMatchd(keys=labels, key_dst=IMAGE, mode="nearest", padding_mode="zeros",
                                       dtype=np.float32))
     chain += [HeadCentred(keys=IMAGE), ForegroundZScored(keys=images)]
+    if recipe.previous_session:
+        chain.append(FlairChanged(recipe))
     if with_lesion:
         chain.append(LesionMaskd(keys=LESION, values=recipe.lesion_values))
     return chain
@@ -228,6 +270,8 @@ def to_slices(recipe: PredictionRecipe) -> list:
 def extract_study(paths: dict[str, str], recipe: PredictionRecipe) -> dict[str, np.ndarray]:
     """Slice stack and ground truth of one labelled study, from its files (keys FLAIR, T1w, T2w, lesion, enhancing)."""
     data = {IMAGE: paths[IMAGE], T1: paths[T1], T2: paths[T2], LESION: paths[LESION], ENHANCING: paths[ENHANCING]}
+    if recipe.previous_session:
+        data[PREVIOUS] = paths.get(PREVIOUS)
     data = Compose(load_study(recipe, with_lesion=True, with_truth=True) + to_slices(recipe))(data)
     return {
         "slices": data["slices"].astype(np.float16),

@@ -7,8 +7,9 @@ Stages (Narayana et al. 2020, adapted):
   2. last convolutional block + head fine-tuned with SGD (small lr, high momentum), earlier blocks frozen.
   Every slice-classifier minibatch holds as many enhancing as non-enhancing slices. Then
   3. the participant net, Adam lr 1e-3 with dropout, on the training studies' slice scores.
-The epoch of stages 0 and 2 with the best validation slice-wise AUC is kept, and the Youden-optimal
-thresholds (slice-wise and participant-wise) are found on the validation studies.
+The epoch of stages 0 and 2 with the best validation slice-wise AUC is kept; on the validation studies the
+participant logit's temperature is fitted (calibration.py), then the Youden-optimal thresholds (slice-wise, and
+participant-wise on the calibrated probability) are found.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .calibration import brier, fit_temperature, log_loss
 from .networks import EnhancementPredictor
 from .recipe import PredictionRecipe
 from .roc import auc, figures, youden_threshold
@@ -92,9 +94,17 @@ def study_scores(model: EnhancementPredictor, stacks: list[dict], device: torch.
 
 
 @torch.no_grad()
-def participant_probability(model: EnhancementPredictor, scores: np.ndarray, device: torch.device) -> np.ndarray:
+def participant_logits(model: EnhancementPredictor, scores: np.ndarray, device: torch.device) -> np.ndarray:
+    """The participant net's logit (before calibration) of (studies, N) slice scores."""
     model.eval()
-    return torch.sigmoid(model.participant(torch.as_tensor(scores, dtype=torch.float32, device=device))).cpu().numpy()
+    return model.participant(torch.as_tensor(scores, dtype=torch.float32, device=device)).cpu().numpy()
+
+
+@torch.no_grad()
+def participant_probability(model: EnhancementPredictor, scores: np.ndarray, device: torch.device) -> np.ndarray:
+    """The calibrated, clipped participant-wise probability (what the task answers)."""
+    model.eval()
+    return model.probability(torch.as_tensor(scores, dtype=torch.float32, device=device)).cpu().numpy()
 
 
 @dataclass
@@ -198,20 +208,43 @@ def train_participant(model: EnhancementPredictor, scores: np.ndarray, truth: np
     net.eval()
 
 
-def set_thresholds(model: EnhancementPredictor, val_stacks: list[dict], device: torch.device) -> dict:
-    """Youden-optimal slice-wise and participant-wise thresholds on validation studies, stored in the model (rounded
+def calibrate(model: EnhancementPredictor, study_slice_scores: np.ndarray, truth: np.ndarray,
+              device: torch.device) -> dict:
+    """Temperature scaling of the participant logit, fitted on these (validation) studies and stored in the model
+    (rounded to fp16). Too few studies or one class keep temperature 1 (calibration.MIN_STUDIES)."""
+    logits = participant_logits(model, study_slice_scores, device)
+    before = participant_probability(model, study_slice_scores, device)
+    model.temperature.fill_(fit_temperature(truth, logits))
+    model.temperature.copy_(model.temperature.half().float())
+    after = participant_probability(model, study_slice_scores, device)
+    t = float(model.temperature)
+    return {"method": "temperature scaling of the participant logit, fitted on validation studies",
+            "temperature": t, "studies": int(truth.size),
+            "log_loss_before": log_loss(truth, logits), "log_loss_after": log_loss(truth, logits, t),
+            "brier_before": brier(truth, before)["brier"], "brier_after": brier(truth, after)["brier"]}
+
+
+def set_thresholds(model: EnhancementPredictor, val_stacks: list[dict], device: torch.device,
+                   calibrate_probability: bool = True) -> dict:
+    """On validation studies: the participant logit's temperature (``calibrate_probability``), then the
+    Youden-optimal slice-wise and participant-wise (calibrated probability) thresholds, stored in the model (rounded
     to what an fp16 checkpoint holds). Without both classes at a level, that level keeps its current threshold."""
     val = SliceSet.of(val_stacks)
     scores = slice_scores(model, val.x, device)
-    probability = participant_probability(model, study_scores(model, val_stacks, device), device)
+    per_study = study_scores(model, val_stacks, device)
     truth = np.array([int(s["study_truth"]) for s in val_stacks])
+    calibration = calibrate(model, per_study, truth, device) if calibrate_probability else None
+    probability = participant_probability(model, per_study, device)
     for buffer, labels, values in ((model.slice_threshold, val.y.numpy(), scores),
                                    (model.participant_threshold, truth, probability)):
         if 0 < labels.sum() < labels.size:
             buffer.fill_(youden_threshold(labels, values))
             buffer.copy_(buffer.half().float())
-    return {"slice": figures(val.y.numpy(), scores, float(model.slice_threshold)),
-            "participant": figures(truth, probability, float(model.participant_threshold))}
+    out = {"slice": figures(val.y.numpy(), scores, float(model.slice_threshold)),
+           "participant": figures(truth, probability, float(model.participant_threshold))}
+    if calibration is not None:
+        out["calibration"] = calibration
+    return out
 
 
 def train(recipe: PredictionRecipe, train_stacks: list[dict], val_stacks: list[dict], device: torch.device,

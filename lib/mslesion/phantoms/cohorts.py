@@ -59,10 +59,12 @@ class SessionPathology:
 
 
 def cohort_sessions(cohort: str, rng: np.random.Generator, anat: Anatomy, warp: SubjectWarp,
-                    n_sessions: int) -> tuple[SubjectWarp, list[SessionPathology]]:
-    """The subject's pathology per session (and the warp, with any mass effect added)."""
+                    n_sessions: int, signs_rng: np.random.Generator | None = None,
+                    ) -> tuple[SubjectWarp, list[SessionPathology]]:
+    """The subject's pathology per session (and the warp, with any mass effect added). ``signs_rng``: MS
+    activity signs drawn at random (the randomised generator), else the fixed signature."""
     if cohort == "ms":
-        return warp, [SessionPathology(blobs=b) for b in ms_sessions(rng, anat, warp, n_sessions)]
+        return warp, [SessionPathology(blobs=b) for b in ms_sessions(rng, anat, warp, n_sessions, signs_rng)]
     if cohort == "healthy":  # no lesion at all: what a model must leave empty
         return warp, [SessionPathology() for _ in range(n_sessions)]
     if cohort in ("glioma", "glioma_change"):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .activity import ActivitySigns, SignProfile, draw_signs, random_sign_profile
 from .anatomy import Anatomy
 from .contrasts import ACTIVE_HALO_GAIN, ACTIVE_HALO_MM, ENHANCEMENT_RANGE, active_levels, lesion_levels
 from .deformation import SubjectWarp
@@ -55,25 +56,38 @@ class MSLesion:
     born: int  # session index where it first appears
     confluent_with: int | None = None
 
-    def blob(self, session: int, active: bool, enlarging: bool) -> Blob:
-        """How the lesion is painted in one session."""
+    def blob(self, session: int, active: bool, enlarging: bool, signs: ActivitySigns | None = None) -> Blob:
+        """How the lesion is painted in one session: with the fixed signature of activity, or (randomised
+        generator) with the ``signs`` drawn for this lesion and session."""
         new = session == self.born and session > 0
         chronic = not active and not new  # baseline lesions are old already
         levels = active_levels(self.levels) if active else dict(self.levels)
         if self.black_hole is not None and chronic:
             levels = dict(self.black_hole)
+        edge_mm = self.edge_mm
+        if signs is not None:  # the drawn signs replace the fixed signature
+            chronic_levels = self.black_hole if self.black_hole is not None and chronic else self.levels
+            levels = signs.levels(chronic_levels)
+            edge_mm = signs.edge_mm if signs.edge_mm is not None else self.edge_mm
         pattern = self.pattern if float(np.exp(np.mean(np.log(self.radii)))) >= RING_MIN_RADIUS_MM else "nodular"
         record = {"id": self.id, "kind": "ms", "location": self.location, "enhancing": active, "new": new,
                   "enlarging": enlarging, "black_hole": self.black_hole is not None and chronic,
                   "enhancement": pattern if active else None, "confluent_with": self.confluent_with,
                   "radii_mm": [round(float(r), 2) for r in self.radii]}
+        if signs is not None:
+            record["signs"] = signs.as_record()
         return Blob(kind="ms", location=self.location, centre=self.centre, axes=self.axes, radii=self.radii,
-                    levels=levels, edge_mm=self.edge_mm, flair_label=2 if new else 1, ce_label=int(active),
+                    levels=levels, edge_mm=edge_mm, flair_label=2 if new else 1, ce_label=int(active),
                     enhancement=self.enhancement if active else 0.0, pattern=pattern if active else None,
                     record=record)
 
-    def halo(self) -> Blob:
-        """The faint perilesional oedema halo of an active lesion (no label)."""
+    def halo(self, signs: ActivitySigns | None = None) -> Blob:
+        """The faint perilesional oedema halo of an active lesion (no label): fixed, or as wide and strong as the
+        drawn ``signs`` say."""
+        if signs is not None:
+            return Blob(kind="halo", location=self.location, centre=self.centre, axes=self.axes,
+                        radii=self.radii + signs.halo_mm, gains=signs.halo_gains(), edge_mm=2 * signs.halo_mm,
+                        flair_label=0)
         return Blob(kind="halo", location=self.location, centre=self.centre, axes=self.axes,
                     radii=self.radii + ACTIVE_HALO_MM, gains=dict(ACTIVE_HALO_GAIN), edge_mm=2 * ACTIVE_HALO_MM,
                     flair_label=0)
@@ -130,8 +144,12 @@ def _new_lesion(rng: np.random.Generator, anat: Anatomy, warp: SubjectWarp, lesi
                     confluent_with=parent.id if parent is not None else None)
 
 
-def ms_sessions(rng: np.random.Generator, anat: Anatomy, warp: SubjectWarp, n_sessions: int) -> list[list[Blob]]:
-    """Blobs (painting order) of every session of one MS subject."""
+def ms_sessions(rng: np.random.Generator, anat: Anatomy, warp: SubjectWarp, n_sessions: int,
+                signs_rng: np.random.Generator | None = None) -> list[list[Blob]]:
+    """Blobs (painting order) of every session of one MS subject. With ``signs_rng`` (the randomised generator)
+    the non-contrast signs of activity are drawn per subject and per lesion (activity.py) from that stream; the
+    lesions and which of them enhance come from ``rng`` as without it."""
+    profile: SignProfile | None = random_sign_profile(signs_rng) if signs_rng is not None else None
     lesions: list[MSLesion] = []
     target = int(rng.integers(LESION_COUNT[0], LESION_COUNT[1] + 1))
     attempts = 0
@@ -157,8 +175,13 @@ def ms_sessions(rng: np.random.Generator, anat: Anatomy, warp: SubjectWarp, n_se
                 if les is not None:
                     lesions.append(les)
         active = _choose_active(rng, lesions, session)
-        halos = [les.halo() for les in lesions if les.id in active]
-        blobs = [les.blob(session, les.id in active, les.id in enlarging) for les in lesions]
+        if profile is None:
+            halos = [les.halo() for les in lesions if les.id in active]
+            blobs = [les.blob(session, les.id in active, les.id in enlarging) for les in lesions]
+        else:
+            signs = {les.id: draw_signs(signs_rng, profile, les.id in active) for les in lesions}
+            halos = [les.halo(signs[les.id]) for les in lesions if signs[les.id].halo_mm > 0]
+            blobs = [les.blob(session, les.id in active, les.id in enlarging, signs[les.id]) for les in lesions]
         out.append(halos + blobs)
     return out
 

@@ -25,7 +25,7 @@ from .randomise import (
 from .session import PhantomSession, render_session
 
 # independent random streams, so that e.g. the sequences asked for never change the lesions
-_ANATOMY, _CONTRAST, _PATHOLOGY, _MOTION, _ACQUISITION, _HEAD, _VESSELS, _DRIFT = range(8)
+_ANATOMY, _CONTRAST, _PATHOLOGY, _MOTION, _ACQUISITION, _HEAD, _VESSELS, _DRIFT, _SIGNS = range(9)
 
 
 def _subject_key(subject: str) -> int:
@@ -60,7 +60,8 @@ def make_subject(cohort: str, subject: str, seed: int, sessions: int = 1,
     if options.site:
         acquisition = functools.partial(site_acquisition, options.site)
     vessels = random_normal_enhancement(_rng(seed, cohort, subject, _VESSELS)) if options.randomised else None
-    warp, pathology = cohort_sessions(cohort, _rng(seed, cohort, subject, _PATHOLOGY), anat, warp, sessions)
+    signs = _rng(seed, cohort, subject, _SIGNS) if options.randomised else None  # activity signs (activity.py)
+    warp, pathology = cohort_sessions(cohort, _rng(seed, cohort, subject, _PATHOLOGY), anat, warp, sessions, signs)
     grid = make_grid(anat.affine, anat.shape, options)
     motion = np.eye(4)
     out = []

@@ -29,12 +29,13 @@ from monailabel.utils.others.generic import name_to_device
 
 from .. import weights
 from ..answers import write_label
-from ..enhancement_prediction.data import LabelledStudy
+from ..enhancement_prediction.data import LabelledStudy, previous_session_path
 from ..enhancement_prediction.data import stacks as study_stacks
+from ..enhancement_prediction.explain import driving_lesions, top_slices
 from ..enhancement_prediction.networks import EnhancementPredictor
 from ..enhancement_prediction.pretrain import weights_metadata
 from ..enhancement_prediction.recipe import ENHANCEMENT_PREDICTION, PredictionRecipe
-from ..enhancement_prediction.slices import ENHANCING, LESION, enhancing_slices, load_study, to_slices
+from ..enhancement_prediction.slices import ENHANCING, LESION, PREVIOUS, enhancing_slices, load_study, to_slices
 from ..enhancement_prediction.training import train
 from ..metrics import without_small_lesions
 from ..studies import FLAIR, T1, T1_POST, T2, StudyError, parse_image_id
@@ -193,7 +194,13 @@ class EnhancingSlicesLabeld(MapTransform):
             "slice_threshold": round(slice_cut, 4),
             "slices": sorted(rows, key=lambda r: r["index_ras_1mm"]),
             "lesion_voxels": int(lesion.sum()),
+            "temperature": round(float(out["temperature"]), 4) if "temperature" in out else 1.0,
         }
+        top = top_slices(rows)  # what drove the answer (enhancement_prediction/explain.py)
+        kept = [(int(slab), float(score)) for slab, score in zip(d["slab_index"], scores, strict=True) if slab >= 0]
+        d["enhancement"]["top_slices"] = top
+        d["enhancement"]["lesions"] = driving_lesions(lesion, ras_affine, [k[0] for k in kept], [k[1] for k in kept],
+                                                      thickness, [r["index_ras_1mm"] // thickness for r in top])
         return d
 
 
@@ -245,6 +252,8 @@ class EnhancementPredictionInfer(ReportsGpuPeak, BasicInferTask):
                 "(Slicer: Submit Label) or use lesion_mask='auto'.",
             )
         chain: list = [_SetItemd(LESION, saved)] if saved else []
+        if self.recipe.previous_session:  # weights trained with the FLAIR-change channel
+            chain.append(_SetItemd(PREVIOUS, previous_session_path(str(data.get("image_path") or data.get(IMAGE)))))
         chain += load_study(self.recipe, with_lesion=bool(saved), cached=True)
         if not saved:
             chain.append(PredictedLesionMaskd(self.segmenter))
@@ -411,7 +420,8 @@ class EnhancementPredictionTrain(StatsFileTrainTask):
             "val_studies": [i["study"] for i in items if i["subject"] in val_subjects],
         }
         self._write_stats(base)
-        studies = [LabelledStudy(i["study"], i["subject"], {k: i[k] for k in (IMAGE, T1, T2, LESION, ENHANCING)})
+        studies = [LabelledStudy(i["study"], i["subject"], {**{k: i[k] for k in (IMAGE, T1, T2, LESION, ENHANCING)},
+                                                           PREVIOUS: previous_session_path(i[IMAGE])})
                    for i in items]
         stacks = study_stacks(studies, recipe, cache_dir=None)  # labels change with corrections: no cache
         train_stacks = [s for s in stacks if s["subject"] not in val_subjects]
