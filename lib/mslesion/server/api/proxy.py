@@ -26,7 +26,7 @@ def router(msapp) -> APIRouter:
             )
         from starlette.concurrency import run_in_threadpool
 
-        from . import dicom_proxy as proxy
+        from .. import dicom_proxy as proxy
 
         op, _, rest = path.partition("/")
         if op not in ("wado", "qido", "stow"):
