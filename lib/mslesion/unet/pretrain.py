@@ -287,6 +287,27 @@ def _finalised(previous: dict | None, run_dir: Path) -> FitResult:
     return result
 
 
+def _tuned_choice(network: torch.nn.Module, states: list[dict], val_items: list[dict], recipe, device):
+    """Of candidate weights, those whose tuned post-processing scores the best pooled validation F1: (weights,
+    post-processing, scores). The post-processing of each is tuned on the validation studies."""
+    from monai.data import CacheDataset
+    from monai.transforms import Compose
+
+    from .evaluate import tune_postprocessing
+    from .transforms import preprocess
+
+    val_studies = CacheDataset(val_items, transform=Compose(preprocess(recipe, True, device)), progress=False)
+    best = None
+    for index, state in enumerate(states):
+        network.load_state_dict(state)
+        network.eval()
+        tuned, scores = tune_postprocessing(network, val_studies, recipe)
+        print(json.dumps({"candidate": index, "tuned": tuned, "f1": round(scores["f1"], 4)}), flush=True)
+        if best is None or scores["f1"] > best[2]["f1"]:
+            best = (state, tuned, scores)
+    return best
+
+
 def pretrain_budgeted(task: str, budget_min: float, run_dir: Path, resume: bool, seed: int, out_dir: Path,
                       init_from: Path | None = None, finalise: bool = False) -> dict:
     """Domain-randomised pretraining within a wall-clock budget, checkpointed and resumable (module docstring)."""
@@ -328,16 +349,9 @@ def pretrain_budgeted(task: str, budget_min: float, run_dir: Path, resume: bool,
     if result.stopped:
         print(json.dumps({"stopped": True, "checkpoint": str(state_path), "resume": "--resume"}), flush=True)
         return {}
-    network.load_state_dict(result.state)
-    from monai.data import Dataset
-    from monai.transforms import Compose
-
-    from .evaluate import tune_postprocessing
-    from .transforms import preprocess
-
-    network.eval()
-    val_studies = Dataset(val_items, transform=Compose(preprocess(recipe, True, device)))
-    tuned, tuned_scores = tune_postprocessing(network, val_studies, recipe)
+    last = previous.get("model") if finalise and previous else None  # a stopped run's current weights compete
+    result.state, tuned, tuned_scores = _tuned_choice(network, [result.state] + ([last] if last else []),
+                                                      val_items, recipe, device)
     recipe = replace(recipe, **tuned)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{task}.pt"
