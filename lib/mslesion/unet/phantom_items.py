@@ -35,6 +35,12 @@ VARIANTS: dict[str, dict] = {
 TEST_SEED_FLOOR = 90000
 
 
+def generator_version(sessions: int) -> int:
+    """Version of the phantom generator's output for cached cohorts: 2 since randomised follow-ups drift (a first
+    session is unchanged, so single-session cohorts keep version 1 and their caches)."""
+    return 2 if sessions > 1 else 1
+
+
 def _items(folder: Path, paths: list[Path], recipe: Recipe, tag: str) -> list[dict]:
     """Training items (channel paths, label, baseline) of the images of a written folder."""
     store = SimpleNamespace(list_images=lambda: [Path(p).name.split(".nii")[0] for p in paths],
@@ -89,7 +95,7 @@ def randomised_items(root: Path, cohort: str, subjects: int, seed: int, recipe: 
         raise ValueError(f"training seeds stay below {TEST_SEED_FLOOR}: those above belong to the test split")
     folder = root / f"{cohort}-randomised-{seed}"
     manifest = {"cohort": cohort, "subjects": subjects, "seed": seed, "inputs": list(recipe.inputs),
-                "longitudinal": recipe.longitudinal, "sessions": sessions, "generator": 2}
+                "longitudinal": recipe.longitudinal, "sessions": sessions, "generator": generator_version(sessions)}
 
     def write() -> list[Path]:
         paths = []
@@ -110,7 +116,7 @@ def variant_items(root: Path, variant: str, recipe: Recipe, subjects: int, seed:
     cohort = "healthy" if variant == "lesion_free" else "ms"
     folder = root / f"test-{variant}-{seed}"
     manifest = {"variant": variant, "subjects": subjects, "seed": seed, "inputs": list(recipe.inputs),
-                "longitudinal": recipe.longitudinal, "generator": 2}
+                "longitudinal": recipe.longitudinal, "generator": generator_version(2 if recipe.longitudinal else 1)}
 
     def write() -> list[Path]:
         return write_cohort(folder, cohort=cohort, subjects=subjects, sessions=2 if recipe.longitudinal else 1,
