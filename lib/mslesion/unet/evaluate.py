@@ -24,8 +24,8 @@ from .recipes import Recipe
 from .transforms import IMAGE, LABEL, preprocess
 
 #: Post-processing grid searched on validation studies: lesion probability thresholds and minimum sizes (voxels).
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-MIN_SIZES = (3, 5, 8, 12, 20)
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+MIN_SIZES = (3, 5, 8, 12, 20, 30, 45)
 
 
 def predicted_mask(margin: torch.Tensor, threshold: float, min_voxels: int) -> np.ndarray:

@@ -104,6 +104,7 @@ def write_randomised_card(task: str, card: dict, path: Path) -> None:
         f"{card['postprocessing']['threshold']}, lesions of at least {card['postprocessing']['min_lesion_voxels']} "
         "voxels (the server reads both back from the weights it serves).",
         f"- Took {card['seconds'] / 60:.1f} min on {card['machine']} ({card['patches_per_second']:.2f} patches/s).",
+        *([f"- Note: {card['note']}."] if card.get("note") else []),
         "",
         "## Validation (randomised MS phantoms, tuned post-processing)",
         "",
