@@ -14,10 +14,13 @@ from mslesion.unet.transforms import IMAGE, LABEL
 
 pytestmark = pytest.mark.slow
 
-# Floors below what the shipped weights measured on these studies (see the comments at each), and well above what
-# random weights give (F1 0.0, Dice < 0.01; sensitivity alone is no floor: random weights call everything).
-F1_FLOOR, PPV_FLOOR, DICE_FLOOR = 0.6, 0.5, 0.45
-SHIFTED_F1_FLOOR, SHIFTED_FP_PER_SCAN = 0.5, 10.0
+# Measured with the shipped weights (2026-12-06, domain-randomised pretraining, p > 0.98 and >= 20 voxels stored in
+# them): held-out plain phantoms F1 0.95, sensitivity 0.91, PPV 1.0, Dice 0.89; the two shifted studies (whole
+# head, scaled-integer LPS) F1 0.92, 0 false positives. The previous defaults scored F1 0.31, PPV 0.21, Dice 0.43 on
+# the held-out pair. Random weights: F1 0.0, Dice 0.0 (sensitivity alone is no floor: random weights can call
+# everything).
+F1_FLOOR, PPV_FLOOR, DICE_FLOOR = 0.8, 0.7, 0.7
+SHIFTED_F1_FLOOR, SHIFTED_FP_PER_SCAN = 0.75, 3.0
 
 
 def flair_defaults():

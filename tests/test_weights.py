@@ -83,3 +83,24 @@ def test_publish_sweeps_what_a_killed_publish_left(tmp_path):
     assert [p for p in stale if p.exists()] == []
     assert fresh.exists()  # may belong to a writer still at work
     assert torch.equal(weights.load_state(weights.published_weights(tmp_path, "t"))["w"], torch.ones(2))
+
+
+def test_half_precision_keeps_batch_norm_statistics_exact(tmp_path):
+    """fp16 storage halves the weights but not batch-norm running statistics: deep layers' variances reach 10^6,
+    beyond fp16's range, and an inf variance silences the layer (the randomised flair_lesion weights did this)."""
+    import torch
+
+    from mslesion import weights as store
+
+    bn = torch.nn.BatchNorm3d(4)
+    bn.running_var.fill_(5.0e6)
+    bn.running_mean.fill_(1.0e3)
+    state = {"conv.weight": torch.full((4, 1, 3, 3, 3), 0.1), "huge.weight": torch.full((2,), 1.0e5),
+             **{f"bn.{k}": v for k, v in bn.state_dict().items()}}
+    path = tmp_path / "w.pt"
+    store.save_state(state, path, half=True)
+    raw = torch.load(path, weights_only=True)["model"]
+    assert raw["conv.weight"].dtype == torch.float16  # the weights are still halved
+    assert raw["bn.running_var"].dtype == torch.float32 and raw["huge.weight"].dtype == torch.float32
+    loaded = store.load_state(path)
+    assert torch.isfinite(loaded["bn.running_var"]).all() and torch.equal(loaded["bn.running_var"], bn.running_var)

@@ -31,9 +31,21 @@ def previous_weights(model_dir: str | Path, task: str) -> Path:
     return Path(model_dir) / task / "previous.pt"
 
 
+FP16_MAX = 6.0e4
+
+
+def fits_half(name: str, value: torch.Tensor) -> bool:
+    """Whether a tensor can be stored in fp16 without harm: floating weights within fp16's range. Batch-norm
+    running statistics stay fp32: deep layers' running variances reach 10^6, which fp16 turns into inf (a
+    whole-network failure, measured on the randomised flair_lesion weights)."""
+    if not value.is_floating_point() or name.endswith(("running_mean", "running_var")):
+        return False
+    return bool(value.numel() == 0 or value.abs().max() < FP16_MAX)
+
+
 def save_state(state: dict, path: Path, half: bool = False, metadata: dict | None = None) -> None:
     """Write a checkpoint atomically: temp file in the same folder, fsync, rename."""
-    weights = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in state.items()}
+    weights = {k: (v.half() if half and fits_half(k, v) else v).cpu() for k, v in state.items()}
     save_atomic({"model": weights, "meta": dict(metadata or {}, saved=time.strftime("%Y-%m-%dT%H:%M:%S"))}, path)
 
 
