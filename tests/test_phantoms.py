@@ -254,3 +254,11 @@ def test_cli_writes_and_reports(tmp_path, capsys):
     assert not (tmp_path / "labels").exists()
     assert nib.aff2axcodes(nib.load(tmp_path / "sub-01_ses-01_FLAIR.nii.gz").affine) == ("L", "P", "S")
     assert "wrote 2 images" in capsys.readouterr().out
+
+
+def test_every_cohort_has_a_maker_in_the_registry():
+    from mslesion.phantoms.cohorts import COHORT_MAKERS
+
+    assert set(COHORT_MAKERS) == set(COHORTS)
+    with pytest.raises(ValueError, match="unknown cohort"):
+        make_subject("lymphoma", "01", 0)

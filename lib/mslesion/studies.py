@@ -20,11 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-FLAIR = "FLAIR"
-T1 = "T1w"
-T2 = "T2w"
-T1_POST = "ce-gadolinium_T1w"
-SEQUENCES = (FLAIR, T1, T2, T1_POST)
+from .vocabulary import FLAIR, SEQUENCES, T1, T1_POST, T2  # noqa: F401  (re-exported: the study vocabulary)
 
 _NAME = re.compile(r"^sub-(?P<subject>[A-Za-z0-9]+)_ses-(?P<session>[A-Za-z0-9]+)_(?P<suffix>.+?)(\.nii(\.gz)?)?$")
 
@@ -107,6 +103,12 @@ class Catalogue(Protocol):
     def image_of(self, ref: SequenceRef) -> str | None:
         """Id of the image that is ``ref``, if the datastore has it."""
 
+    def has(self, image_id: str) -> bool:
+        """Whether the image exists (a remote catalogue may look again before saying no: a series just stored)."""
+
+    def ref(self, image_id: str) -> SequenceRef | None:
+        """Subject, session and sequence of one image, if known."""
+
     def describe(self, ref: SequenceRef) -> str:
         """How to name the image ``ref`` to a user (its id when it is there, what to provide when it is not)."""
 
@@ -134,6 +136,9 @@ class BidsCatalogue:
 
     def ref(self, image_id: str) -> SequenceRef | None:
         return parse_image_id(image_id)
+
+    def has(self, image_id: str) -> bool:
+        return image_id in self.image_ids()
 
     def image_uri(self, image_id: str) -> str:
         return self.store.get_image_uri(image_id)
@@ -171,15 +176,6 @@ def catalogue_of(store) -> Catalogue:
     return own if own is not None else BidsCatalogue(store)
 
 
-def _has(catalogue: Catalogue, image_id: str) -> bool:
-    """Whether the image exists; a remote catalogue may look again before saying no (a series just stored)."""
-    has = getattr(catalogue, "has", None)
-    return has(image_id) if has is not None else image_id in catalogue.image_ids()
-
-
-def _ref_of(catalogue: Catalogue, image_id: str) -> SequenceRef | None:
-    lookup = getattr(catalogue, "ref", None)
-    return lookup(image_id) if lookup is not None else catalogue.refs().get(image_id)
 
 
 def resolve_sequences(
@@ -191,9 +187,9 @@ def resolve_sequences(
     message that says what is wrong and how to fix it.
     """
     catalogue = catalogue_of(store)
-    if not _has(catalogue, image_id):
+    if not catalogue.has(image_id):
         raise StudyError(404, f"Image '{image_id}' is not in the datastore; list them with GET /datastore/.")
-    ref = _ref_of(catalogue, image_id)
+    ref = catalogue.ref(image_id)
     if ref is None:
         raise StudyError(422, catalogue.unknown_sequence_message(image_id, task, primary))
     if ref.suffix != primary:
@@ -246,15 +242,15 @@ def resolve_baseline(
     anatomical difference a new lesion.
     """
     catalogue = catalogue_of(store)
-    ref = _ref_of(catalogue, image_id)
+    ref = catalogue.ref(image_id)
     if ref is None:  # resolve_sequences has already refused unnamed images; keep this function safe on its own
         raise StudyError(422, catalogue.unknown_sequence_message(image_id, task, FLAIR))
     if baseline_id:
-        if not _has(catalogue, baseline_id):
+        if not catalogue.has(baseline_id):
             raise StudyError(
                 404, f"Baseline image '{baseline_id}' is not in the datastore; list them with GET /datastore/."
             )
-        base = _ref_of(catalogue, baseline_id)
+        base = catalogue.ref(baseline_id)
         if base is None or base.suffix != ref.suffix:
             raise StudyError(
                 422, f"{task} compares {ref.suffix} with {ref.suffix}; baseline '{baseline_id}' is not a {ref.suffix}."

@@ -16,8 +16,12 @@ from collections.abc import Iterable
 
 import numpy as np
 
+# Sequences (BIDS suffixes) of a study; studies, phantoms and the server read them from here.
 FLAIR = "FLAIR"
-T1_POST = "ce-gadolinium_T1w"  # the same strings as mslesion.studies (tests/test_gui_clients.py checks)
+T1 = "T1w"
+T2 = "T2w"
+T1_POST = "ce-gadolinium_T1w"
+SEQUENCES: tuple[str, ...] = (FLAIR, T1, T2, T1_POST)
 
 MS_LESION = "MS lesion"
 NEW_MS_LESION = "new MS lesion"

@@ -63,22 +63,28 @@ def cohort_sessions(cohort: str, rng: np.random.Generator, anat: Anatomy, warp: 
                     ) -> tuple[SubjectWarp, list[SessionPathology]]:
     """The subject's pathology per session (and the warp, with any mass effect added). ``signs_rng``: MS
     activity signs drawn at random (the randomised generator), else the fixed signature."""
-    if cohort == "ms":
-        return warp, [SessionPathology(blobs=b) for b in ms_sessions(rng, anat, warp, n_sessions, signs_rng)]
-    if cohort == "healthy":  # no lesion at all: what a model must leave empty
-        return warp, [SessionPathology() for _ in range(n_sessions)]
-    if cohort in ("glioma", "glioma_change"):
-        return _glioma(rng, anat, warp, n_sessions, grows=cohort == "glioma_change")
-    if cohort == "metastasis":
-        blobs = _metastases(rng, anat, warp)
-        return warp, [SessionPathology(blobs=list(blobs)) for _ in range(n_sessions)]
-    if cohort == "small_vessel":
-        blobs = _small_vessel(rng, anat, warp)
-        return warp, [SessionPathology(blobs=list(blobs)) for _ in range(n_sessions)]
-    if cohort == "leukoencephalopathy":
-        diffuse = _leukoencephalopathy(rng, anat)
-        return warp, [SessionPathology(diffuse=[diffuse]) for _ in range(n_sessions)]
-    raise ValueError(f"unknown cohort {cohort!r}")
+    maker = COHORT_MAKERS.get(cohort)
+    if maker is None:
+        raise ValueError(f"unknown cohort {cohort!r}")
+    return maker(rng, anat, warp, n_sessions, signs_rng)
+
+
+def _ms(rng, anat, warp, n_sessions, signs_rng):
+    return warp, [SessionPathology(blobs=b) for b in ms_sessions(rng, anat, warp, n_sessions, signs_rng)]
+
+
+def _healthy(rng, anat, warp, n_sessions, signs_rng):
+    """No lesion at all: what a model must leave empty."""
+    return warp, [SessionPathology() for _ in range(n_sessions)]
+
+
+def _same_every_session(make_blobs=None, make_diffuse=None):
+    """A cohort whose pathology does not change between sessions."""
+    def maker(rng, anat, warp, n_sessions, signs_rng):
+        blobs = make_blobs(rng, anat, warp) if make_blobs else []
+        diffuse = [make_diffuse(rng, anat)] if make_diffuse else []
+        return warp, [SessionPathology(blobs=list(blobs), diffuse=list(diffuse)) for _ in range(n_sessions)]
+    return maker
 
 
 def _record(kind: str, location: str, new: bool = False, enhancing: bool = False, **extra: object) -> dict:
@@ -214,3 +220,17 @@ def _leukoencephalopathy(rng: np.random.Generator, anat: Anatomy) -> DiffuseLesi
     frac = np.clip(0.5 + (band + wobble - vdist) / 3.0, 0.0, 1.0) * (anat.wm > 0.3)
     return DiffuseLesion(kind="leukoencephalopathy", location="periventricular",
                          template_map=frac.astype(np.float32), levels=lesion_levels(rng, "leukoencephalopathy"))
+
+
+#: Every cohort and the function that draws its pathology: (rng, anatomy, warp, sessions, signs rng) ->
+#: (warp, per-session pathology). A new cohort is a function here plus its name at the end of options.COHORTS
+#: (the order keys the random streams, so existing cohorts keep their studies).
+COHORT_MAKERS = {
+    "ms": _ms,
+    "glioma": lambda rng, anat, warp, n, signs: _glioma(rng, anat, warp, n, grows=False),
+    "leukoencephalopathy": _same_every_session(make_diffuse=_leukoencephalopathy),
+    "small_vessel": _same_every_session(make_blobs=_small_vessel),
+    "glioma_change": lambda rng, anat, warp, n, signs: _glioma(rng, anat, warp, n, grows=True),
+    "metastasis": _same_every_session(make_blobs=_metastases),
+    "healthy": _healthy,
+}

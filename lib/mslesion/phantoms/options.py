@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SEQUENCES: tuple[str, ...] = ("FLAIR", "T1w", "T2w", "ce-gadolinium_T1w")
+from ..vocabulary import SEQUENCES, VOCABULARY
+
 COHORTS: tuple[str, ...] = ("ms", "glioma", "leukoencephalopathy", "small_vessel", "glioma_change", "metastasis",
                              "healthy")
 #: Suffixes whose images carry a label (FLAIR: 1 lesion / 2 new lesion; ce-T1w: 1 enhancing lesion).
-LABELLED_SEQUENCES: tuple[str, ...] = ("FLAIR", "ce-gadolinium_T1w")
+LABELLED_SEQUENCES: tuple[str, ...] = tuple(VOCABULARY)
 #: World axes thick slices can be stacked along (axial, sagittal, coronal), as indices of RAS.
 SLICE_AXES: tuple[str, ...] = ("S", "R", "A")
 #: How the written images store their values.

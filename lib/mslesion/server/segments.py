@@ -21,9 +21,7 @@ from ..vocabulary import NEW_LESIONS_MARKED, SegmentProblem, remap_by_label_info
 
 def image_kind(store, image_id: str) -> str | None:
     """The sequence of a datastore image (BIDS name or, for DICOMweb, its SeriesDescription), if known."""
-    catalogue = catalogue_of(store)
-    lookup = getattr(catalogue, "ref", None)
-    ref = lookup(image_id) if lookup is not None else catalogue.refs().get(image_id)
+    ref = catalogue_of(store).ref(image_id)
     return ref.suffix if ref is not None else None
 
 
