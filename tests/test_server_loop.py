@@ -26,7 +26,7 @@ def truth(phantom_root, image_id):
 def test_info_lists_the_model_its_trainer_and_the_strategies(client):
     info = client.info()
     assert "flair_lesion" in info["models"] and "flair_lesion" in info["trainers"]
-    assert {"random", "first", "uncertainty"} <= set(info["strategies"])
+    assert {"random", "first", "uncertainty", "review"} <= set(info["strategies"])
     assert info["models"]["flair_lesion"]["inputs"] == ["FLAIR"]
 
 

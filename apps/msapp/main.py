@@ -19,7 +19,13 @@ from mslesion import __version__, studycache  # noqa: E402
 from mslesion.server import api, trainstats  # noqa: E402
 from mslesion.server.datastore import ValidatingDatastore  # noqa: E402
 from mslesion.server.leases import LEASES  # noqa: E402
-from mslesion.server.strategies import FirstStrategy, FlipUncertaintyScoring, RandomStrategy, UncertaintyStrategy  # noqa: E402
+from mslesion.server.strategies import (  # noqa: E402
+    FirstStrategy,
+    FlipUncertaintyScoring,
+    RandomStrategy,
+    ReviewStrategy,
+    UncertaintyStrategy,
+)
 from mslesion.studies import BASELINE, StudyError, resolve_baseline, resolve_sequences  # noqa: E402
 from mslesion.tasks import TASKS  # noqa: E402
 from mslesion.tasks.enhancement_prediction import remember_prediction  # noqa: E402
@@ -92,6 +98,7 @@ class MSApp(MONAILabelApp):
         if scoring:
             candidates = int(self.conf.get("uncertainty_candidates", 8))
             strategies["uncertainty"] = UncertaintyStrategy(scoring, max_candidates=candidates)
+            strategies["review"] = ReviewStrategy(self._infers["flair_lesion"], max_candidates=candidates)
         return strategies
 
     def init_scoring_methods(self):

@@ -6,6 +6,7 @@ different studies.
 Strategies pick among the unlabelled images of a task's primary sequence (FLAIR for flair_lesion), never a
 T1w or T2w companion. ``uncertainty`` ranks them by a flip test-time-augmentation score: how much the model's
 lesion probability changes when the brain is mirrored, averaged over the voxels any pass calls lesion.
+``review`` goes the other way: among the *labelled* images, the one whose label the model disagrees with most.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.utils.others.generic import name_to_device
 
+from ..metrics import dice
 from ..studies import FLAIR, catalogue_of
-from ..unet.inference import amp_sliding_window
+from ..unet.evaluate import predicted_mask
+from ..unet.inference import amp_sliding_window, lesion_margin, predict_logits
+from ..unet.transforms import preprocess
 from .leases import LEASES
 
 logger = logging.getLogger(__name__)
@@ -112,6 +116,59 @@ class UncertaintyStrategy(Strategy):
             return {"id": best, "score": scores[best], "strategy": "uncertainty"}
 
         return LEASES.choose(ids, most_uncertain)
+
+
+def labelled_images(datastore: Datastore, sequence: str = FLAIR) -> list[str]:
+    """Ids of images of ``sequence`` that have a final label, in id order."""
+    ids = set(datastore.get_labeled_images(DefaultLabelTag.FINAL.value))
+    refs = catalogue_of(datastore).refs()
+    return sorted(i for i in ids if (ref := refs.get(i)) is not None and ref.suffix == sequence)
+
+
+@torch.no_grad()
+def label_agreement(infer_task, image_path: str, label_path: str, device: str = "cpu") -> float:
+    """Dice between a saved label's lesions (the task's values) and what the served model predicts, in the
+    model's 1 mm space, with the post-processing stored in its weights."""
+    recipe = infer_task.tuned_recipe()
+    data = Compose(preprocess(recipe, with_label=True, device=device))({"image": image_path, "label": label_path})
+    network = infer_task._get_network(device, data)
+    margin = lesion_margin(predict_logits(network, data["image"], recipe, grow_window=True))[0]
+    predicted = predicted_mask(margin, recipe.threshold, recipe.min_lesion_voxels)
+    return dice(data["label"][0].cpu().numpy() > 0, predicted)
+
+
+class ReviewStrategy(Strategy):
+    """The labelled image whose saved label the model disagrees with most (lowest Dice): a second look at the
+    corrections most likely to hold a mistake, or to teach the model most. Scores are kept in the image's info
+    until the weights or the label change."""
+
+    def __init__(self, infer_task, key: str = "flair_lesion_agreement", max_candidates: int = 8):
+        super().__init__(f"Labelled {infer_task.recipe.inputs[0]} with the most disagreement between label and model")
+        self.infer_task, self.key, self.max_candidates = infer_task, key, max_candidates
+
+    def agreement(self, datastore: Datastore, image_id: str, device: str) -> float:
+        label_path = datastore.get_label_uri(image_id, DefaultLabelTag.FINAL.value)
+        weights_path = self.infer_task.get_path()
+        version = [os.path.getmtime(weights_path) if weights_path else 0.0, os.path.getmtime(label_path)]
+        info = datastore.get_image_info(image_id).get(self.key) or {}
+        if info.get("version") == version:
+            return info["dice"]
+        value = label_agreement(self.infer_task, datastore.get_image_uri(image_id), label_path, device)
+        datastore.update_image_info(image_id, {self.key: {"dice": value, "version": version}})
+        return value
+
+    def __call__(self, request, datastore: Datastore):
+        ids = labelled_images(datastore, self.infer_task.recipe.inputs[0])
+        limit = int(request.get("max_candidates", self.max_candidates) or 0)
+        device = name_to_device(request.get("device", "cuda"))
+
+        def least_agreement(pool: list[str]) -> dict:
+            candidates = pool if limit <= 0 else pool[:limit]
+            scores = {image_id: self.agreement(datastore, image_id, device) for image_id in candidates}
+            worst = min(candidates, key=lambda i: scores[i])
+            return {"id": worst, "score": 1 - scores[worst], "dice": scores[worst], "strategy": "review"}
+
+        return LEASES.choose(ids, least_agreement)
 
 
 class RandomStrategy(Strategy):
