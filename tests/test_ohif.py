@@ -221,3 +221,62 @@ def test_run_in_the_monai_label_panel_fills_the_labelmap_with_the_servers_answer
         browser.quit()
     assert not [line for line in console if "Failed to Run" in line]
     assert np.array_equal(np.asarray(shown), expected)
+
+
+def test_new_lesions_run_in_the_panel_show_as_their_own_segment(server, phantoms, tmp_path):
+    """Run new_lesion on the follow-up FLAIR in OHIF's panel: "new MS lesion" is a segment of its own, holding exactly
+    the server's new-lesion voxels (value 2), and "MS lesion" exactly its other lesions (value 1)."""
+    import nibabel as nib
+    from monailabel.client import MONAILabelClient
+
+    from mslesion.dev.fixtures import shared_orthanc
+
+    orthanc = shared_orthanc()
+    series = phantoms.series["sub-01_ses-02_FLAIR"]
+    study = requests.get(f"{orthanc.dicomweb}/series", params={"SeriesInstanceUID": series}, auth=orthanc.auth,
+                         timeout=30).json()[0]["0020000D"]["Value"][0]
+    answer, _ = MONAILabelClient(server.url, tmpdir=str(tmp_path)).infer("new_lesion", series, {})
+    flat = np.asanyarray(nib.load(answer).dataobj).ravel(order="F")
+    assert {1, 2} <= set(np.unique(flat).tolist())  # both kinds to see
+
+    browser = WebDriver(str(tmp_path / "profile"))
+    try:
+        browser.open(f"{server.url}/info/")
+        browser.script("document.cookie = 'MONAILABEL_SERVER_URL=' + escape(arguments[0]) + '; path=/'",
+                       f"{server.url}/")
+        browser.open(f"{server.url}/ohif/monai-label?StudyInstanceUIDs={study}")
+        (thumbnail,) = browser.wait_for(lambda: browser.elements("//*[text()='AX FLAIR']"), "the FLAIR thumbnail")
+        browser.click(thumbnail, times=2)
+        browser.wait_for(lambda: browser.script("return document.body.innerText").count("AX FLAIR") >= 4,
+                         "the FLAIR in the three viewports")
+        (connect,) = browser.elements("//input[@id='monailabelServerURL']/ancestor::tr[1]//button")
+        browser.click(connect)
+        run = browser.wait_for(lambda: browser.elements("//button[text()='Run']"), "the panel's Run buttons")[0]
+        browser.script("""
+            const select = document.querySelector('select.selectBox');
+            const setter = Object.getOwnPropertyDescriptor(HTMLSelectElement.prototype, 'value').set;
+            setter.call(select, 'new_lesion');
+            select.dispatchEvent(new Event('change', {bubbles: true}));""")
+        assert browser.script("return document.querySelector('select.selectBox').value") == "new_lesion"
+        browser.click(run)
+        # OHIF numbers its segments by the sorted app-level label names and remaps each answer onto them by name
+        shown = """
+            const seg = window.services.segmentationService.getSegmentation('1');
+            const volume = window.services.segmentationService.getLabelmapVolume('1');
+            if (!seg || !volume) return null;
+            const index = {};
+            Object.values(seg.segments).filter(s => s).forEach(s => { index[s.label] = s.segmentIndex; });
+            const data = volume.voxelManager.getCompleteScalarDataArray(), lesion = [], fresh = [];
+            for (let i = 0; i < data.length; i++) {
+                if (data[i] === index['new MS lesion']) fresh.push(i);
+                else if (data[i] === index['MS lesion']) lesion.push(i);
+            }
+            return fresh.length ? [fresh, lesion, index] : null;"""
+        new_voxels, old_voxels, index = browser.wait_for(lambda: browser.script(shown), "new lesions in the labelmap")
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.screenshot(ARTIFACTS / "ohif-new-lesion-run.png")
+    finally:
+        browser.quit()
+    assert index["new MS lesion"] != index["MS lesion"]  # a segment of its own
+    assert np.array_equal(np.asarray(new_voxels), np.flatnonzero(flat == 2))
+    assert np.array_equal(np.asarray(old_voxels), np.flatnonzero(flat == 1))
