@@ -176,6 +176,20 @@ class WebDriver:
 
 
 @pytest.mark.skipif(CHROMEDRIVER is None, reason="chromedriver is not installed (apt-get install chromium-driver)")
+def open_panel_on_the_flair(browser, server, study: str):
+    """OHIF's MONAI Label mode on a study, the FLAIR in the viewports, the panel connected; returns a Run button."""
+    browser.open(f"{server.url}/info/")  # the panel's server URL is a cookie (default: this host, port 8000)
+    browser.script("document.cookie = 'MONAILABEL_SERVER_URL=' + escape(arguments[0]) + '; path=/'", f"{server.url}/")
+    browser.open(f"{server.url}/ohif/monai-label?StudyInstanceUIDs={study}")
+    (thumbnail,) = browser.wait_for(lambda: browser.elements("//*[text()='AX FLAIR']"), "the FLAIR thumbnail")
+    browser.click(thumbnail, times=2)  # show the FLAIR in the viewports
+    browser.wait_for(lambda: browser.script("return document.body.innerText").count("AX FLAIR") >= 4,
+                     "the FLAIR in the three viewports")
+    (connect,) = browser.elements("//input[@id='monailabelServerURL']/ancestor::tr[1]//button")
+    browser.click(connect)
+    return browser.wait_for(lambda: browser.elements("//button[text()='Run']"), "the panel's Run buttons")[0]
+
+
 def test_run_in_the_monai_label_panel_fills_the_labelmap_with_the_servers_answer(server, phantoms, tmp_path):
     """Click Run (flair_lesion) in OHIF's MONAI Label panel on a FLAIR series: the panel asks for NRRD, and its
     labelmap then holds exactly the lesion voxels of the server's NIfTI answer (same voxels, same order)."""
@@ -194,17 +208,7 @@ def test_run_in_the_monai_label_panel_fills_the_labelmap_with_the_servers_answer
 
     browser = WebDriver(str(tmp_path / "profile"))
     try:
-        browser.open(f"{server.url}/info/")  # the panel's server URL is a cookie (default: this host, port 8000)
-        browser.script("document.cookie = 'MONAILABEL_SERVER_URL=' + escape(arguments[0]) + '; path=/'",
-                       f"{server.url}/")
-        browser.open(f"{server.url}/ohif/monai-label?StudyInstanceUIDs={study}")
-        (thumbnail,) = browser.wait_for(lambda: browser.elements("//*[text()='AX FLAIR']"), "the FLAIR thumbnail")
-        browser.click(thumbnail, times=2)  # show the FLAIR in the viewports
-        browser.wait_for(lambda: browser.script("return document.body.innerText").count("AX FLAIR") >= 4,
-                         "the FLAIR in the three viewports")
-        (connect,) = browser.elements("//input[@id='monailabelServerURL']/ancestor::tr[1]//button")
-        browser.click(connect)
-        run = browser.wait_for(lambda: browser.elements("//button[text()='Run']"), "the panel's Run buttons")[0]
+        run = open_panel_on_the_flair(browser, server, study)
         assert browser.script("return document.querySelector('select.selectBox').value") == "flair_lesion"
         browser.click(run)
         count_lesion_voxels = """
@@ -241,17 +245,7 @@ def test_new_lesions_run_in_the_panel_show_as_their_own_segment(server, phantoms
 
     browser = WebDriver(str(tmp_path / "profile"))
     try:
-        browser.open(f"{server.url}/info/")
-        browser.script("document.cookie = 'MONAILABEL_SERVER_URL=' + escape(arguments[0]) + '; path=/'",
-                       f"{server.url}/")
-        browser.open(f"{server.url}/ohif/monai-label?StudyInstanceUIDs={study}")
-        (thumbnail,) = browser.wait_for(lambda: browser.elements("//*[text()='AX FLAIR']"), "the FLAIR thumbnail")
-        browser.click(thumbnail, times=2)
-        browser.wait_for(lambda: browser.script("return document.body.innerText").count("AX FLAIR") >= 4,
-                         "the FLAIR in the three viewports")
-        (connect,) = browser.elements("//input[@id='monailabelServerURL']/ancestor::tr[1]//button")
-        browser.click(connect)
-        run = browser.wait_for(lambda: browser.elements("//button[text()='Run']"), "the panel's Run buttons")[0]
+        run = open_panel_on_the_flair(browser, server, study)
         browser.script("""
             const select = document.querySelector('select.selectBox');
             const setter = Object.getOwnPropertyDescriptor(HTMLSelectElement.prototype, 'value').set;
