@@ -18,7 +18,12 @@ import numpy as np
 
 from .. import atomic
 from ..phantoms import PhantomOptions, write_cohort
-from ..phantoms.randomise import random_options
+from ..phantoms.randomise import (
+    SHIFTED_ACQUISITIONS,
+    random_options,
+    require_test_seed,
+    require_training_seed,
+)
 from ..studies import FLAIR, T1, T1_POST, T2, parse_image_id, session_order
 from ..unet.transforms import IMAGE
 from .recipe import PredictionRecipe
@@ -27,15 +32,10 @@ from .slices import ENHANCING, LESION, PREVIOUS, extract_study
 logger = logging.getLogger(__name__)
 
 PHANTOM_SEQUENCES = (FLAIR, T1, T2, T1_POST)
-#: Seeds of the shifted test cohorts start here; training cohorts stay below (the two can never share a subject).
-TEST_SEED_FLOOR = 90000
-#: Acquisition variants of the shifted test cohort: fixed settings, randomised contrast and activity signs.
-SHIFTED_VARIANTS: dict[str, dict] = {
-    "1mm": {"spacing": (1.0, 1.0, 1.0)},
-    "3mm_axial": {"spacing": (0.9, 0.9, 1.0), "slice_thickness": 3.0},
-    "whole_head": {"spacing": (1.0, 1.0, 1.0), "whole_head": True},
-    "integer_lps": {"spacing": (1.0, 1.0, 1.0), "orientation": "LPS", "storage": "scaled_uint16"},
-}
+#: Acquisition variants of the shifted test cohort (fixed settings, randomised contrast and activity signs); the
+#: seed offset is the position here.
+SHIFTED_VARIANTS: dict[str, dict] = {name: SHIFTED_ACQUISITIONS[name]
+                                     for name in ("1mm", "3mm_axial", "whole_head", "integer_lps")}
 GEOMETRY_FIELDS = ("lesion_values", "spacing", "dilation", "slab_slices", "n_slices", "fov_mm", "slice_size",
                    "min_enhancing_voxels")
 
@@ -105,13 +105,11 @@ def phantom_cohort(root: str | Path, subjects: int, seed: int, first_subject: in
     root = Path(root)
     images, truth = root / "studies", root / "truth"
     if variant is not None:
-        if seed < TEST_SEED_FLOOR:
-            raise ValueError(f"the shifted test cohort uses seeds {TEST_SEED_FLOOR} and above, not {seed}")
+        require_test_seed(seed)
         options = PhantomOptions(sequences=PHANTOM_SEQUENCES, randomised=True, **SHIFTED_VARIANTS[variant])
         seed = seed + list(SHIFTED_VARIANTS).index(variant)
     elif randomised:
-        if seed >= TEST_SEED_FLOOR:
-            raise ValueError(f"training seeds stay below {TEST_SEED_FLOOR}: those above belong to the test cohort")
+        require_training_seed(seed)
         options = None  # drawn per subject
     else:
         options = PhantomOptions(sequences=PHANTOM_SEQUENCES)

@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..phantoms.randomise import TEST_SEED_FLOOR
 from ..unet.pretrain import machine
 from .calibration import bootstrap_auc, brier, expected_calibration_error, reliability
-from .data import SHIFTED_VARIANTS, TEST_SEED_FLOOR, phantom_cohort, stacks
+from .data import SHIFTED_VARIANTS, phantom_cohort, stacks
 from .networks import EnhancementPredictor
 from .recipe import ENHANCEMENT_PREDICTION, PredictionRecipe
 from .roc import auc, figures

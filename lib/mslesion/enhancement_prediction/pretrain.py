@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from .. import weights
+from ..phantoms.randomise import TEST_SEED_FLOOR
 from ..unet.pretrain import machine
-from .data import SHIFTED_VARIANTS, TEST_SEED_FLOOR, phantom_cohort, stacks
+from .data import SHIFTED_VARIANTS, phantom_cohort, stacks
 from .evaluate import DEFAULT_CACHE, format_shifted, score_stacks, shifted_evaluation, split_validation
 from .networks import PROBABILITY_CEILING, PROBABILITY_FLOOR, EnhancementPredictor, load_imagenet_features
 from .recipe import ENHANCEMENT_PREDICTION, PredictionRecipe

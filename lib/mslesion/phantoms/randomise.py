@@ -91,6 +91,31 @@ def follow_up_drift(rng: np.random.Generator, warp: SubjectWarp,
     return moved, drifted
 
 
+#: The shifted test split: seeds from here on belong to it, and training draws refuse them (and the reverse), so a
+#: test subject can never be a training subject. Its acquisitions are fixed settings that no training draw hits
+#: exactly; each model family evaluates on the ones its inputs allow.
+TEST_SEED_FLOOR = 90000
+SHIFTED_ACQUISITIONS: dict[str, dict] = {
+    "1mm": {"spacing": (1.0, 1.0, 1.0)},
+    "3mm_axial": {"spacing": (0.9, 0.9, 1.0), "slice_thickness": 3.0},
+    "sagittal": {"spacing": (1.0, 0.95, 0.95), "slice_thickness": 4.0, "slice_axis": "R"},
+    "whole_head": {"spacing": (1.0, 1.0, 1.0), "whole_head": True},
+    "integer_lps": {"spacing": (1.0, 1.0, 1.0), "orientation": "LPS", "storage": "scaled_uint16"},
+    "lesion_free": {"spacing": (1.0, 1.0, 1.0)},
+}
+
+
+def require_training_seed(seed: int) -> None:
+    if seed >= TEST_SEED_FLOOR:
+        raise ValueError(f"training seeds stay below {TEST_SEED_FLOOR}: those above belong to the shifted test split")
+
+
+def require_test_seed(seed: int) -> None:
+    if seed < TEST_SEED_FLOOR:
+        raise ValueError(f"the shifted test split uses seeds {TEST_SEED_FLOOR} and above (training draws stay "
+                         f"below), not {seed}")
+
+
 #: Named sites with an appearance outside the training ranges (the new-site benchmark): a FLAIR with poor CSF
 #: suppression, bright grey matter, faint lesions and a strong bias field.
 SITES = {

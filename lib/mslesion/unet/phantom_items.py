@@ -18,21 +18,13 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..phantoms import PhantomOptions, write_cohort
-from ..phantoms.randomise import random_options
+from ..phantoms.randomise import SHIFTED_ACQUISITIONS, random_options, require_test_seed, require_training_seed
 from ..studies import BASELINE, earlier_session, parse_image_id
 from .recipes import Recipe
 from .transforms import IMAGE, LABEL
 
-#: Acquisition variants of the shifted test split (fixed settings that the training draws never hit exactly).
-VARIANTS: dict[str, dict] = {
-    "1mm": {"spacing": (1.0, 1.0, 1.0)},
-    "3mm_axial": {"spacing": (0.9, 0.9, 1.0), "slice_thickness": 3.0},
-    "sagittal": {"spacing": (1.0, 0.95, 0.95), "slice_thickness": 4.0, "slice_axis": "R"},
-    "whole_head": {"spacing": (1.0, 1.0, 1.0), "whole_head": True},
-    "integer_lps": {"spacing": (1.0, 1.0, 1.0), "orientation": "LPS", "storage": "scaled_uint16"},
-    "lesion_free": {"spacing": (1.0, 1.0, 1.0)},
-}
-TEST_SEED_FLOOR = 90000
+#: Acquisition variants of the U-Net tasks' shifted test split (all of them; the seed offset is the position here).
+VARIANTS: dict[str, dict] = dict(SHIFTED_ACQUISITIONS)
 
 
 def generator_version(sessions: int) -> int:
@@ -91,8 +83,7 @@ def randomised_items(root: Path, cohort: str, subjects: int, seed: int, recipe: 
     """A cohort whose every subject draws its own acquisition (domain randomisation), cached under ``root``.
     A longitudinal recipe always gets two sessions per subject (one item per follow-up)."""
     sessions = max(sessions, 2 if recipe.longitudinal else 1)
-    if seed >= TEST_SEED_FLOOR:
-        raise ValueError(f"training seeds stay below {TEST_SEED_FLOOR}: those above belong to the test split")
+    require_training_seed(seed)
     folder = root / f"{cohort}-randomised-{seed}"
     manifest = {"cohort": cohort, "subjects": subjects, "seed": seed, "inputs": list(recipe.inputs),
                 "longitudinal": recipe.longitudinal, "sessions": sessions, "generator": generator_version(sessions)}
@@ -110,8 +101,7 @@ def randomised_items(root: Path, cohort: str, subjects: int, seed: int, recipe: 
 
 def variant_items(root: Path, variant: str, recipe: Recipe, subjects: int, seed: int) -> list[dict]:
     """The shifted test split's studies of one acquisition variant."""
-    if seed < TEST_SEED_FLOOR:
-        raise ValueError(f"test seeds are {TEST_SEED_FLOOR} or more, so that no training draw can produce them")
+    require_test_seed(seed)
     options = PhantomOptions(sequences=recipe.inputs, randomised=True, **VARIANTS[variant])
     cohort = "healthy" if variant == "lesion_free" else "ms"
     folder = root / f"test-{variant}-{seed}"
