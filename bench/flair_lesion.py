@@ -24,7 +24,7 @@ from mslesion.phantoms import PhantomOptions, write_cohort
 from mslesion.unet.evaluate import evaluate_on_cohort
 from mslesion.unet.networks import lesion_unet
 from mslesion.unet.pretrain import machine
-from mslesion.unet.recipes import FLAIR_LESION, for_cpu
+from mslesion.unet.recipes import FLAIR_LESION, for_cpu, from_checkpoint
 from mslesion.unet.training import fit
 from mslesion.unet.transforms import IMAGE, LABEL
 
@@ -45,15 +45,17 @@ def items(folder: Path, subjects: int, seed: int, first_subject: int) -> list[di
 
 def accuracy(root: Path, finetune_subjects: int, held_out: int) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    defaults = weights.default_weights("flair_lesion")
     recipe = for_cpu(FLAIR_LESION) if device.type == "cpu" else FLAIR_LESION
+    recipe = from_checkpoint(recipe, weights.load_metadata(defaults))  # the network and post-processing served
     test_items = items(root / "held_out", held_out, seed=202, first_subject=50)
     network = lesion_unet(recipe)
-    network.load_state_dict(weights.load_state(weights.default_weights("flair_lesion")))
+    network.load_state_dict(weights.load_state(defaults))
     out = {"default": evaluate_on_cohort(network, test_items, recipe, device)}
     if finetune_subjects >= 2:
         tune = items(root / "finetune", finetune_subjects, seed=303, first_subject=1)
         started = time.time()
-        result = fit(recipe, network, tune[:-1], tune[-1:], device, lr=recipe.lr, loss="ce")
+        result = fit(recipe, network, tune[:-1], tune[-1:], device, lr=recipe.lr)  # the server's fine-tuning
         network.load_state_dict(result.state)
         out["fine_tuned"] = evaluate_on_cohort(network, test_items, recipe, device)
         out["fine_tuning"] = {

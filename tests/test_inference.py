@@ -13,7 +13,6 @@ from monai.inferers.utils import _get_scan_interval
 from mslesion.unet.inference import (
     BYTES_PER_VOXEL,
     amp_sliding_window,
-    argmax_label,
     sw_batch_size_for,
     window_count,
     window_roi,
@@ -47,12 +46,6 @@ def test_cpu_keeps_the_recipe_window_batch():
     inferer = amp_sliding_window(FLAIR_LESION, "cpu", (197, 233, 189))
     assert inferer.sw_batch_size == FLAIR_LESION.sw_batch_size
     assert amp_sliding_window(FLAIR_LESION).sw_batch_size == FLAIR_LESION.sw_batch_size
-
-
-def test_argmax_label_is_argmax():
-    logits = torch.randn(2, 6, 7, 5)
-    assert torch.equal(argmax_label(logits)[0], torch.argmax(logits, dim=0).to(torch.uint8))
-    assert argmax_label(logits).shape == (1, 6, 7, 5) and argmax_label(logits).dtype == torch.uint8
 
 
 def test_window_roi_covers_a_slightly_larger_study_in_one_window():

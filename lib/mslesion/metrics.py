@@ -112,18 +112,6 @@ def lesion_scores(truth: np.ndarray, prediction: np.ndarray, min_voxels: int = 3
     return LesionScores(n_true, n_pred, int(detected), int(correct), sensitivity, ppv, f1, dice(truth, prediction))
 
 
-def mean_scores(scores: list[LesionScores]) -> dict[str, float]:
-    """Per-study means of the rates and sums of the counts, for reporting a cohort."""
-    if not scores:
-        return {}
-    rows = [s.as_dict() for s in scores]
-    out: dict[str, float] = {}
-    for key in rows[0]:
-        values = [row[key] for row in rows]
-        out[key] = int(np.sum(values)) if isinstance(values[0], int) else float(np.mean(values))
-    return out
-
-
 COUNT_KEYS = ("studies", "true_lesions", "predicted_lesions", "detected", "correct", "dice_sum")
 
 

@@ -86,9 +86,10 @@ class LesionSegmentationInfer(ReportsGpuPeak, BasicInferTask):
         return None
 
     def post_transforms(self, data=None):
+        tuned = self.tuned_recipe()
         return [
-            LesionLabeld(keys="pred", value=self.recipe.output_value, min_voxels=self.tuned_recipe().min_lesion_voxels,
-                         threshold=self.tuned_recipe().threshold),
+            LesionLabeld(keys="pred", value=self.recipe.output_value, min_voxels=tuned.min_lesion_voxels,
+                         threshold=tuned.threshold),
             RestoreGeometryd(keys="pred"),
         ]
 

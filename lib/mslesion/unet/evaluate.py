@@ -94,12 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     network = lesion_unet(recipe)
     network.load_state_dict(weights.load_state(path))
     device = torch.device("cpu")
+    network = network.to(device).eval()
     out, total = {}, {}
     with tempfile.TemporaryDirectory(prefix="mslesion-eval-") as tmp:
         root = args.data or Path(tmp)
         for variant in args.variants:
             items = variant_items(root, variant, recipe, args.subjects, args.seed)
-            network = network.to(device).eval()
             counts = score_studies(network, Dataset(items, transform=Compose(preprocess(recipe, True, device))),
                                    recipe)
             out[variant] = pooled_scores(counts)

@@ -1,4 +1,4 @@
-"""Running a lesion U-Net over a whole preprocessed study: sliding window, AMP on a GPU, argmax.
+"""Running a lesion U-Net over a whole preprocessed study: sliding window, AMP on a GPU, probability threshold.
 
 The recipe's ROI is sized to cover a cropped 1 mm brain in one window; a study a few voxels larger along an
 axis would need two nearly identical windows (twice the work), so ``window_roi`` grows the ROI to the study
@@ -119,11 +119,6 @@ def threshold_label(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tenso
     """Lesion (1) where the lesion probability is above ``threshold``, keeping the channel axis."""
     cut = float(torch.logit(torch.tensor(threshold, dtype=torch.float64)))
     return (lesion_margin(logits) > cut).to(torch.uint8)
-
-
-def argmax_label(logits: torch.Tensor) -> torch.Tensor:
-    """Class index per voxel, keeping the channel axis; ``max(...).indices`` is ~20x faster than argmax on a CPU."""
-    return torch.max(logits, dim=0, keepdim=True).indices.to(torch.uint8)
 
 
 def reset_gpu_peak(device: torch.device | str) -> None:

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .. import atomic
 from ..phantoms import PhantomOptions, write_cohort
 from ..phantoms.randomise import SHIFTED_ACQUISITIONS, random_options, require_test_seed, require_training_seed
 from ..studies import BASELINE, earlier_session, parse_image_id
@@ -74,7 +75,7 @@ def _cached(folder: Path, manifest: dict, write) -> list[Path]:
     if stamp.exists() and json.loads(stamp.read_text()).get("manifest") == manifest:
         return [Path(p) for p in json.loads(stamp.read_text())["paths"]]
     paths = write()
-    stamp.write_text(json.dumps({"manifest": manifest, "paths": [str(p) for p in paths]}))
+    atomic.write_text(stamp, json.dumps({"manifest": manifest, "paths": [str(p) for p in paths]}))
     return paths
 
 
