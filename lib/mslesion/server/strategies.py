@@ -25,8 +25,8 @@ from monailabel.utils.others.generic import name_to_device
 
 from ..metrics import dice
 from ..studies import FLAIR, catalogue_of
-from ..unet.evaluate import predicted_mask
-from ..unet.inference import amp_sliding_window, lesion_margin, predict_logits
+from ..unet.evaluate import predicted_mask, study_margins
+from ..unet.inference import amp_sliding_window
 from ..unet.transforms import preprocess
 from .leases import LEASES
 
@@ -131,10 +131,8 @@ def label_agreement(infer_task, image_path: str, label_path: str, device: str = 
     model's 1 mm space, with the post-processing stored in its weights."""
     recipe = infer_task.tuned_recipe()
     data = Compose(preprocess(recipe, with_label=True, device=device))({"image": image_path, "label": label_path})
-    network = infer_task._get_network(device, data)
-    margin = lesion_margin(predict_logits(network, data["image"], recipe, grow_window=True))[0]
-    predicted = predicted_mask(margin, recipe.threshold, recipe.min_lesion_voxels)
-    return dice(data["label"][0].cpu().numpy() > 0, predicted)
+    ((truth, margin),) = study_margins(infer_task._get_network(device, data), [data], recipe)  # as evaluation does
+    return dice(truth > 0, predicted_mask(margin, recipe.threshold, recipe.min_lesion_voxels))
 
 
 class ReviewStrategy(Strategy):
