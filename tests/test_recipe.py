@@ -17,7 +17,7 @@ from mslesion.unet.inference import threshold_label
 from mslesion.unet.networks import lesion_unet
 from mslesion.unet.recipes import FLAIR_LESION, NEW_LESION, for_cpu, from_checkpoint, postprocessing
 from mslesion.unet.training import fit, poly_schedule
-from mslesion.unet.transforms import IMAGE, LABEL, LesionBalancedIndicesd
+from mslesion.unet.transforms import IMAGE, LABEL, LesionBalancedIndicesd, ThinnedIndicesd, lesion_indices
 
 TINY = replace(for_cpu(FLAIR_LESION), spacing=(4.0, 4.0, 4.0), patch=(16, 16, 16), patches_per_study=2,
                batch_size=2, channels=(4, 8, 16, 32, 64), infer_roi=(64, 64, 48))
@@ -37,6 +37,19 @@ def test_every_lesion_gets_the_same_number_of_centre_candidates():
 def test_a_label_without_lesions_keeps_its_indices():
     out = LesionBalancedIndicesd()({LABEL: torch.zeros(1, 8, 8, 8), f"{LABEL}_fg_indices": np.arange(0)})
     assert len(out[f"{LABEL}_fg_indices"]) == 0
+
+
+def test_cached_background_indices_are_a_bounded_sample_of_background_voxels():
+    label = torch.zeros(1, 64, 64, 64)
+    label[0, 30:34, 30:34, 30:34] = 1
+    d = {LABEL: label}
+    for transform in lesion_indices():
+        d = transform(d)
+    background = np.asarray(d[f"{LABEL}_bg_indices"])
+    assert len(background) == 50_000 and len(np.unique(background)) == 50_000
+    assert not label.ravel()[background].any(), "a thinned background index points into a lesion"
+    small = ThinnedIndicesd(keep=10)({f"{LABEL}_bg_indices": np.arange(5)})
+    assert list(small[f"{LABEL}_bg_indices"]) == [0, 1, 2, 3, 4]
 
 
 def test_pooled_scores_weigh_lesions_not_studies():

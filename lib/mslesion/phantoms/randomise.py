@@ -24,13 +24,16 @@ from .contrasts import TISSUE_LEVELS, Acquisition, SubjectContrast
 from .deformation import ELASTIC_RMS_MM, SubjectWarp, random_warp
 from .options import PhantomOptions
 
-#: Pure-tissue ranges per base sequence, relative to normal white matter (WM = 1): grey matter, CSF.
-GM_WM_RATIO = {"FLAIR": (1.08, 1.45), "T2w": (1.15, 1.6), "T1w": (0.62, 0.82)}
+#: Pure-tissue ranges per base sequence, relative to normal white matter (WM = 1): grey matter, CSF. Real FLAIR
+#: grey/white is about 1.2-1.35; the range is a little wider, but grey matter stays below the faintest lesions.
+GM_WM_RATIO = {"FLAIR": (1.08, 1.38), "T2w": (1.15, 1.6), "T1w": (0.62, 0.82)}
 CSF_WM_RATIO = {"FLAIR": (0.05, 0.45), "T2w": (1.8, 3.0), "T1w": (0.2, 0.45)}
 #: Deep grey nuclei and cortex that look brighter than the rest of grey matter on FLAIR (a naive model's FP).
 DEEP_GM_GAIN = (-0.05, 0.25)
-#: Lesion contrast (level - 1) is multiplied by this per subject: faint to very bright lesions.
-LESION_GAIN = (0.45, 1.5)
+#: Lesion contrast (level - 1) is multiplied by this per subject: faint to very bright lesions. An MS lesion at
+#: 1.75 x WM lands at 1.45-2.05 x WM (real lesions: 1.5-2 x). Lower gains made lesions darker than cortex, which
+#: taught the network to call cortex lesion and pushed the tuned threshold to 0.98 (2026-12-06 run).
+LESION_GAIN = (0.6, 1.4)
 #: Per sequence and session.
 BIAS_SD = (0.02, 0.3)
 NOISE_FRACTION = (0.01, 0.07)
