@@ -24,6 +24,7 @@ from .. import distributed, weights
 from ..answers import write_label
 from ..report import lesion_report
 from ..studies import BASELINE, StudyError, earlier_session, parse_image_id
+from ..unet.evaluate import retuned_for_site
 from ..unet.inference import amp_sliding_window
 from ..unet.networks import lesion_unet
 from ..unet.postprocess import LesionLabeld, RestoreGeometryd, requested
@@ -246,6 +247,9 @@ class LesionSegmentationTrain(StatsFileTrainTask):
         result = fit(recipe, network, train_items, val_items, device, lr=lr, progress=progress)
         if not world.is_main:
             return None
+        network.load_state_dict(result.state)
+        recipe, site_scores = retuned_for_site(network, items, recipe, device)
+        progress({"postprocessing": postprocessing(recipe), "postprocessing_scores": site_scores})
         published = weights.publish(
             result.state,
             self.model_dir,
@@ -260,6 +264,8 @@ class LesionSegmentationTrain(StatsFileTrainTask):
             "history": result.history,
             "best_epoch": result.best_epoch,
             "best_validation": result.validation,
+            "postprocessing": postprocessing(recipe),
+            "postprocessing_scores": site_scores,
             "patches_per_second": round(result.patches_per_second, 3),
             "rank_steps": result.rank_steps,
             "rank_weights_sha256": result.rank_digests,

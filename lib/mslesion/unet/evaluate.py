@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,21 @@ def tune_postprocessing(network: torch.nn.Module, studies, recipe: Recipe) -> tu
             if not best_scores or scores["f1"] > best_scores["f1"]:
                 best, best_scores = {"threshold": threshold, "min_lesion_voxels": size}, scores
     return best, best_scores
+
+
+def retuned_for_site(network: torch.nn.Module, items: list[dict], recipe: Recipe,
+                     device: torch.device) -> tuple[Recipe, dict]:
+    """The recipe with the threshold and minimum lesion size that score best on a site's labelled studies (paths).
+
+    Fine-tuning for a new site changes how confident the network is there; the post-processing tuned for the
+    starting weights (e.g. p > 0.98 on the pretraining's validation) then hides the lesions it has learnt to see.
+    A site gives only a few corrected studies, so all of them are used: two numbers are chosen, not weights. Without
+    any lesion in them the recipe is kept as it is."""
+    studies = Dataset(items, transform=Compose(preprocess(recipe, True, device)))
+    tuned, scores = tune_postprocessing(network.to(device).eval(), studies, recipe)
+    if not scores.get("true_lesions"):
+        return recipe, scores
+    return replace(recipe, **tuned), scores
 
 
 def evaluate_on_cohort(network: torch.nn.Module, items: list[dict], recipe: Recipe, device: torch.device) -> dict:
