@@ -16,7 +16,7 @@ from mslesion.unet.evaluate import predicted_mask, tune_postprocessing
 from mslesion.unet.inference import threshold_label
 from mslesion.unet.networks import lesion_unet
 from mslesion.unet.recipes import FLAIR_LESION, NEW_LESION, for_cpu, from_checkpoint, postprocessing
-from mslesion.unet.training import fit, poly_schedule
+from mslesion.unet.training import fit, poly_schedule, replan
 from mslesion.unet.transforms import IMAGE, LABEL, LesionBalancedIndicesd, ThinnedIndicesd, lesion_indices
 
 TINY = replace(for_cpu(FLAIR_LESION), spacing=(4.0, 4.0, 4.0), patch=(16, 16, 16), patches_per_study=2,
@@ -112,6 +112,22 @@ def test_the_poly_curve_ends_at_zero_and_can_be_planned_late():
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] == 0.0 and lrs[0] == pytest.approx(0.9**0.9)
 
 
+def test_a_replanned_curve_goes_on_from_where_it_was_and_ends_at_the_new_total():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    plan = {"total": 100}
+    schedule = poly_schedule(opt, plan)
+    lrs = []
+    for step in range(1, 61):
+        opt.step()
+        schedule.step()
+        lrs.append(schedule.get_last_lr()[0])
+        if step == 30:  # the machine got slower: the budget holds 30 more steps, not 70
+            replan(plan, step, 60)
+    assert lrs[29] == pytest.approx((1 - 0.3) ** 0.9)
+    assert lrs[30] == pytest.approx((1 - (0.3 + 0.7 / 30)) ** 0.9)  # no jump: one step further on the curve
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] == 0.0
+
+
 @pytest.fixture(scope="module")
 def tiny_items(tmp_path_factory):
     from mslesion.phantoms import PhantomOptions, write_cohort
@@ -154,6 +170,24 @@ def test_a_stopped_run_resumes_on_the_same_curve(tiny_items, tmp_path):
     assert second.history[0] == first.history[0]  # the first run's epoch, carried over
     assert second.history[-1]["lr"] == 0.0
     json.dumps(second.history)  # the stats file can hold it
+
+
+def test_a_budgeted_run_follows_a_new_plan_after_a_validation(tiny_items, monkeypatch):
+    """The first plan is made from a few batches; when the machine's load changes, the next validation moves the
+    end of the curve (here: the second plan asks for 3 steps more), and the run ends there with the lr at zero."""
+    from mslesion.unet import training
+
+    monkeypatch.setattr(training, "REPLAN_MIN_STEPS", 1)
+    plans = []
+
+    def plan_steps(rate: float) -> int:
+        plans.append(rate)
+        return 6 if len(plans) == 1 else 9
+
+    result = fit(replace(TINY, epochs=50), lesion_unet(TINY), tiny_items[:2], tiny_items[2:], torch.device("cpu"),
+                 lr=1e-3, plan_steps=plan_steps)
+    assert len(plans) >= 2 and all(rate > 0 for rate in plans)
+    assert result.rank_steps == [9] and result.history[-1]["lr"] == 0.0
 
 
 def test_weights_say_which_network_they_are(tmp_path):

@@ -394,7 +394,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start from another task's weights (transfer; extra input channels start at zero)")
     parser.add_argument("--budget-min", type=float, default=None,
-                        help="domain-randomised pretraining planned to fit this many minutes (needs --run-dir)")
+                        help="domain-randomised pretraining planned to fit this many minutes from now (needs "
+                        "--run-dir); re-planned after validations as the step rate changes; with --resume, the "
+                        "minutes the resumed run may take")
     parser.add_argument("--run-dir", type=Path, default=None, help="cached cohorts and checkpoints of a budgeted run")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy box)")
     parser.add_argument("--finalise", action="store_true",

@@ -65,12 +65,22 @@ def loss_function(name: str) -> torch.nn.Module:
 PLAN_AFTER_BATCHES = 3
 
 
+def curve_fraction(plan: dict, step: int) -> float:
+    """How far along its learning-rate curve a run is at ``step`` (0 start, 1 end). A re-planned run (``replan``)
+    goes on from the point it had reached (``from_fraction`` at ``from_step``) to its new total."""
+    start, reached = plan.get("from_step", 0), plan.get("from_fraction", 0.0)
+    return min(1.0, reached + (1 - reached) * max(0, step - start) / max(1, plan["total"] - start))
+
+
+def replan(plan: dict, step: int, total: int) -> None:
+    """Moves the end of the curve to ``total`` steps, continuing from where ``step`` is on it (no jump in lr)."""
+    plan.update(from_fraction=curve_fraction(plan, step), from_step=step, total=max(step + 1, int(total)))
+
+
 def poly_schedule(optimizer: torch.optim.Optimizer, plan: dict, power: float = 0.9):
     """nnU-Net's learning rate curve: lr * (1 - step / total) ** 0.9, over ``plan["total"]`` steps (a dict, so a
-    budgeted run can set the total once it has measured its step rate)."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: max(0.0, 1 - min(step, plan["total"]) / max(1, plan["total"])) ** power
-    )
+    budgeted run can set the total once it has measured its step rate, and move it when the rate changes)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - curve_fraction(plan, step)) ** power)
 
 
 def state_digest(state: dict) -> str:
@@ -125,6 +135,10 @@ def combine_scores(parts: list[dict]) -> dict:
 
 
 UNPLANNED = 10**9  # a budgeted run's total before its step rate is measured: the curve stays at its start
+#: A budgeted run re-plans its total after a validation when the measured rate moves the end by more than this
+#: share of the steps left (another job started or ended on the machine), over at least REPLAN_MIN_STEPS steps.
+REPLAN_TOLERANCE = 0.05
+REPLAN_MIN_STEPS = 200
 
 
 def fit(
@@ -151,6 +165,9 @@ def fit(
     picked on an exponential moving average of that F1 (a single lucky epoch on few studies does not win).
     ``plan_steps`` (a time-budgeted run) is given the measured steps per second, patch making included, after the
     first PLAN_AFTER_BATCHES loaded batches, and returns the run's total steps; the curve is planned over those.
+    After each validation it is asked again with the rate since the last plan, and the rest of the curve is
+    stretched or compressed to the new total (the load of a shared machine changes; a resumed run gets a new
+    budget).
     With ``validation_share`` (a budgeted run) validation after the first epoch happens every k epochs, k chosen
     so that it takes about that share of the time; the last epoch is always validated.
     ``checkpoint`` receives the whole training state (weights, optimiser, schedule, step, RNG, best) after every
@@ -175,6 +192,8 @@ def fit(
             run.state["epoch"] = epoch
             continue
         run.validate(epoch, losses, epoch_start, train_seconds, validation_share)
+        if plan_steps and not last:
+            run.replan(plan_steps)
         if progress and run.rank == 0:
             progress({"epoch": epoch, "epochs": run.total_epochs(), "history": run.state["history"],
                       "best_epoch": run.state["best_epoch"]})
@@ -203,7 +222,7 @@ class TrainingRun:
             )
         self.plan = {"total": int(total_steps or recipe.epochs * self.steps_per_epoch)}
         if resume and 0 < resume.get("total_steps", 0) < UNPLANNED:
-            self.plan["total"] = int(resume["total_steps"])
+            self.plan.update(resume.get("plan", {}), total=int(resume["total_steps"]))
         elif plan_steps:
             self.plan["total"] = UNPLANNED
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=recipe.weight_decay)
@@ -221,6 +240,20 @@ class TrainingRun:
             self.state.update({k: resume[k] for k in self.state if k in resume})
             torch.set_rng_state(resume["torch_rng"])
         self.any_validation = bool(distributed.reduce(len(self.val_studies), "sum", device))
+        self.rate_since = (self.state["step"], self.state["train_seconds"])  # where the step rate is measured from
+
+    def replan(self, plan_steps: Callable[[float], int]) -> None:
+        """Re-plans the curve's end from the training rate since the last plan (see fit)."""
+        steps = self.state["step"] - self.rate_since[0]
+        seconds = self.state["train_seconds"] - self.rate_since[1]
+        left = self.plan["total"] - self.state["step"]
+        if steps < REPLAN_MIN_STEPS or seconds <= 0 or left <= 0:
+            return
+        total = int(distributed.reduce(int(plan_steps(steps / seconds)), "min", self.device))
+        if abs((total - self.state["step"]) - left) > REPLAN_TOLERANCE * left:
+            replan(self.plan, self.state["step"], total)
+            logger.info("re-planned to %d steps", self.plan["total"])
+        self.rate_since = (self.state["step"], self.state["train_seconds"])
 
     def _load_data(self, train_items: list[dict], val_items: list[dict]) -> None:
         """This rank's cached training studies, its patch loader and its validation studies on the device."""
@@ -314,7 +347,7 @@ class TrainingRun:
     def snapshot(self) -> dict:
         return {**self.state, "model": copy.deepcopy(self.network.state_dict()),
                 "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                "torch_rng": torch.get_rng_state(), "total_steps": self.plan["total"]}
+                "torch_rng": torch.get_rng_state(), "total_steps": self.plan["total"], "plan": dict(self.plan)}
 
     def result(self, stopped: bool) -> FitResult:
         state, device = self.state, self.device
