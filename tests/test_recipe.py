@@ -174,20 +174,23 @@ def test_a_stopped_run_resumes_on_the_same_curve(tiny_items, tmp_path):
 
 def test_a_budgeted_run_follows_a_new_plan_after_a_validation(tiny_items, monkeypatch):
     """The first plan is made from a few batches; when the machine's load changes, the next validation moves the
-    end of the curve (here: the second plan asks for 3 steps more), and the run ends there with the lr at zero."""
+    end of the curve: plan_steps says how many more steps fit, and the run ends there with the lr at zero."""
     from mslesion.unet import training
 
     monkeypatch.setattr(training, "REPLAN_MIN_STEPS", 1)
-    plans = []
+    seen = {"step": 0, "end": None, "plans": 0}
 
     def plan_steps(rate: float) -> int:
-        plans.append(rate)
-        return 6 if len(plans) == 1 else 9
+        assert rate > 0
+        seen["plans"] += 1
+        if seen["plans"] == 2:  # after the first validation: the machine got slower, 3 more steps fit
+            seen["end"] = seen["step"] + 3
+        return 40 if seen["end"] is None else seen["end"] - seen["step"]
 
     result = fit(replace(TINY, epochs=50), lesion_unet(TINY), tiny_items[:2], tiny_items[2:], torch.device("cpu"),
-                 lr=1e-3, plan_steps=plan_steps)
-    assert len(plans) >= 2 and all(rate > 0 for rate in plans)
-    assert result.rank_steps == [9] and result.history[-1]["lr"] == 0.0
+                 lr=1e-3, plan_steps=plan_steps, progress=lambda u: seen.update(step=u["history"][-1]["step"]))
+    assert seen["plans"] >= 2 and seen["end"] is not None
+    assert result.rank_steps == [seen["end"]] and result.history[-1]["lr"] == 0.0
 
 
 def test_weights_say_which_network_they_are(tmp_path):

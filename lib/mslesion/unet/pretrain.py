@@ -332,7 +332,7 @@ def pretrain_budgeted(task: str, budget_min: float, run_dir: Path, resume: bool,
     if init_from and previous is None:
         network.load_state_dict(weights.transfer_state(weights.load_state(init_from), network.state_dict()))
     def plan(rate: float) -> int:
-        """Steps that fit the budget at the measured rate, VALIDATION_SHARE of the time left to validation."""
+        """Steps that still fit the budget at the measured rate, VALIDATION_SHARE of the time left to validation."""
         remaining_s = budget_min * 60 - (time.time() - started)
         total = max(10, int((1 - VALIDATION_SHARE) * remaining_s * rate))
         print(json.dumps({"planned_steps": total, "steps_per_second": round(rate, 3)}), flush=True)

@@ -164,7 +164,7 @@ def fit(
     steps). After every epoch the validation studies are scored with pooled lesion counts, and the best epoch is
     picked on an exponential moving average of that F1 (a single lucky epoch on few studies does not win).
     ``plan_steps`` (a time-budgeted run) is given the measured steps per second, patch making included, after the
-    first PLAN_AFTER_BATCHES loaded batches, and returns the run's total steps; the curve is planned over those.
+    first PLAN_AFTER_BATCHES loaded batches, and returns how many more steps fit; the curve is planned over those.
     After each validation it is asked again with the rate since the last plan, and the rest of the curve is
     stretched or compressed to the new total (the load of a shared machine changes; a resumed run gets a new
     budget).
@@ -192,11 +192,11 @@ def fit(
             run.state["epoch"] = epoch
             continue
         run.validate(epoch, losses, epoch_start, train_seconds, validation_share)
-        if plan_steps and not last:
-            run.replan(plan_steps)
         if progress and run.rank == 0:
             progress({"epoch": epoch, "epochs": run.total_epochs(), "history": run.state["history"],
                       "best_epoch": run.state["best_epoch"]})
+        if plan_steps and not last:
+            run.replan(plan_steps)
         if checkpoint and run.rank == 0:
             checkpoint(run.snapshot())
     if plan_steps and run.plan["total"] == UNPLANNED:  # ended before measuring (a stop): nothing planned yet
@@ -249,7 +249,7 @@ class TrainingRun:
         left = self.plan["total"] - self.state["step"]
         if steps < REPLAN_MIN_STEPS or seconds <= 0 or left <= 0:
             return
-        total = int(distributed.reduce(int(plan_steps(steps / seconds)), "min", self.device))
+        total = self.state["step"] + int(distributed.reduce(int(plan_steps(steps / seconds)), "min", self.device))
         if abs((total - self.state["step"]) - left) > REPLAN_TOLERANCE * left:
             replan(self.plan, self.state["step"], total)
             logger.info("re-planned to %d steps", self.plan["total"])
@@ -307,7 +307,7 @@ class TrainingRun:
             if plan_steps and plan["total"] == UNPLANNED and measured == min(PLAN_AFTER_BATCHES, len(self.loader)):
                 # whole loaded batches, so patch making (most of a CPU step) is in the rate
                 rate = (state["step"] - measure_from[1]) / (time.time() - measure_from[0])
-                plan["total"] = max(state["step"] + 1, int(plan_steps(rate)))
+                plan["total"] = state["step"] + max(1, int(plan_steps(rate)))
                 logger.info("planned %d steps", plan["total"])
             stopped = bool(distributed.from_main(bool(stop and stop())))
             if stopped or state["step"] >= plan["total"]:
