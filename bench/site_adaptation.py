@@ -2,8 +2,8 @@
 
     PYTHONPATH=lib .venv/bin/python -m bench.site_adaptation [--subjects 10] [--corrected 4] [--json out.json]
 
-A cohort of a named site whose appearance lies outside the training ranges (phantoms.randomise.SITES: poor CSF
-suppression, bright grey matter, faint lesions, strong bias) is served by the real msapp server. Through REST, as
+A cohort of a named site whose appearance lies outside the training ranges (phantoms.randomise.SITES: failed CSF
+suppression, bright grey matter, strong bias, more noise) is served by the real msapp server. Through REST, as
 Slicer does it: flair_lesion answers every study (default weights); the truth of ``--corrected`` subjects is saved
 as final labels; ``POST /train/flair_lesion`` fine-tunes; the rest of the site is answered again with the published
 weights. Pooled lesion-wise scores before and after are printed, with the training time, and the shifted test
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subjects", type=int, default=10)
     parser.add_argument("--corrected", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=16, help="fine-tuning epochs (16: ~200 steps, 5-9 min here)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     request = {"max_epochs": args.epochs, "val_fraction": 0.25}
