@@ -22,6 +22,7 @@ records how they were made and what they score.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -351,7 +352,10 @@ def pretrain_budgeted(task: str, budget_min: float, run_dir: Path, resume: bool,
     if result.stopped:
         print(json.dumps({"stopped": True, "checkpoint": str(state_path), "resume": "--resume"}), flush=True)
         return {}
-    last = previous.get("model") if finalise and previous else None  # a stopped run's current weights compete
+    # the last weights compete with the best epoch's: the best is picked at the recipe's threshold, where a network
+    # late on its curve may look worse than it is once its own threshold is tuned (2026-12-06: the EMA picked a
+    # mid-curve epoch; the annealed final weights were never scored)
+    last = (previous.get("model") if previous else None) if finalise else copy.deepcopy(network.state_dict())
     result.state, tuned, tuned_scores = _tuned_choice(network, [result.state] + ([last] if last else []),
                                                       val_items, recipe, device)
     recipe = replace(recipe, **tuned)
