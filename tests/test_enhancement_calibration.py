@@ -3,6 +3,7 @@ weights without calibration, and what drove an answer (top slices, lesions). Tin
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -53,10 +54,12 @@ def test_weights_without_calibration_load_with_temperature_one(tmp_path):
     fresh.temperature.fill_(3.0)
     fresh.load_state_dict(state, strict=True)
     assert float(fresh.temperature) == 1.0
+    # the shipped defaults (2026-12-06) are calibrated: they load strictly with the temperature their card records
     shipped = weights.default_weights("enhancement_prediction")
     served = EnhancementPredictor(ENHANCEMENT_PREDICTION)
     served.load_state_dict(weights.load_state(shipped), strict=True)
-    assert float(served.temperature) == 1.0
+    card = json.loads(shipped.with_suffix(".json").read_text())
+    assert float(served.temperature) == card["temperature"] != 1.0
 
 
 def test_calibration_is_fitted_on_validation_and_stored_next_to_the_thresholds(tmp_path):
