@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 
 import numpy as np
+import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
@@ -30,15 +31,17 @@ def unreliable(before: float, after: float) -> bool:
 
 
 class SubtractRegisteredBaselined(MapTransform):
-    """``image`` (follow-up) becomes follow-up minus the registered ``baseline``; the baseline key is dropped.
+    """``image`` (follow-up) becomes follow-up minus the registered ``baseline`` (with ``keep_followup``: two
+    channels, the follow-up then the subtraction); the baseline key is dropped.
 
     With ``report_key`` the registration's summary (similarity before and after, the matrix, timings) is kept
     under that key for the response, with a ``warning`` when the registration made things worse.
     """
 
-    def __init__(self, image_key: str, baseline_key: str, report_key: str | None = None):
+    def __init__(self, image_key: str, baseline_key: str, report_key: str | None = None, keep_followup: bool = False):
         super().__init__(keys=[image_key, baseline_key])
         self.image_key, self.baseline_key, self.report_key = image_key, baseline_key, report_key
+        self.keep_followup = keep_followup
 
     def __call__(self, data: Mapping[Hashable, MetaTensor]) -> dict:
         d = dict(data)
@@ -48,6 +51,8 @@ class SubtractRegisteredBaselined(MapTransform):
         result = register(baseline, followup, affine=True)
         baseline_on_followup = warp(baseline, followup, np.linalg.inv(result.matrix))
         subtraction = followup.as_tensor() - baseline_on_followup.as_tensor().to(followup.device)
+        if self.keep_followup:
+            subtraction = torch.cat([followup.as_tensor(), subtraction])
         d[self.image_key] = MetaTensor(subtraction, affine=followup.affine, meta=dict(followup.meta))
         if self.report_key:
             report = result.as_report()

@@ -247,7 +247,7 @@ RANDOMISED_COHORTS = {
 VALIDATION_SUBJECTS = 12
 VALIDATION_SHARE = 0.15
 #: Sessions per subject: MS follow-ups bring new lesions, most of them enhancing (enhancement needs them).
-RANDOMISED_SESSIONS = {"flair_lesion": 1, "new_lesion": 2, "enhancement": 2}
+RANDOMISED_SESSIONS = {"flair_lesion": 1, "new_lesion": 3, "enhancement": 2}
 
 
 class StopFlag:

@@ -43,6 +43,9 @@ class Recipe:
     min_labelled_studies: int = 2           # one to train on and one to validate with
     val_fraction: float = 0.2
     longitudinal: bool = False              # the input is follow-up minus the registered baseline (new_lesion)
+    # longitudinal only: the follow-up itself is a channel too, before the subtraction: a new lesion is bright on
+    # the follow-up AND on the subtraction, residual misregistration at an edge only on the subtraction
+    with_followup: bool = False
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -76,9 +79,17 @@ def for_cpu_pretraining(recipe: Recipe) -> Recipe:
 
 
 #: Fields of a recipe that describe the network: weights only load into a network built with the same ones.
-ARCHITECTURE_FIELDS = ("inputs", "channels", "norm", "dropout")
+ARCHITECTURE_FIELDS = ("inputs", "channels", "norm", "dropout", "with_followup")
+#: Architecture fields added after weights were first published: a stored recipe without one was made with this.
+LATER_ARCHITECTURE_DEFAULTS = {"with_followup": False}
 #: Fields tuned on validation after training and stored with the weights (read back at inference).
 POSTPROCESSING_FIELDS = ("threshold", "min_lesion_voxels")
+
+
+def input_channels(recipe: Recipe) -> int:
+    """Channels the network reads: one per input sequence, plus the subtraction of a longitudinal recipe that keeps
+    the follow-up."""
+    return len(recipe.inputs) + int(recipe.longitudinal and recipe.with_followup)
 
 
 def postprocessing(recipe: Recipe) -> dict:
@@ -94,6 +105,8 @@ def from_checkpoint(recipe: Recipe, meta: dict) -> Recipe:
         raise ValueError(f"these weights read {tuple(stored['inputs'])}, but {recipe.task} reads {recipe.inputs}")
     own = {k: tuple(stored[k]) if isinstance(getattr(recipe, k), tuple) else type(getattr(recipe, k))(stored[k])
            for k in ARCHITECTURE_FIELDS if k in stored and k != "inputs"}
+    if stored:
+        own.update({k: v for k, v in LATER_ARCHITECTURE_DEFAULTS.items() if k not in stored})
     own.update({k: type(getattr(recipe, k))(v) for k, v in (meta.get("postprocessing") or {}).items()
                 if k in POSTPROCESSING_FIELDS})
     return replace(recipe, **own)
@@ -105,11 +118,12 @@ FLAIR_LESION = Recipe(task="flair_lesion", inputs=(FLAIR,), positive_values=(1, 
 # that is not enhancement (fat, blood products) can be told apart, as the paper's two-channel input does.
 ENHANCEMENT = Recipe(task="enhancement", inputs=(T1_POST, T1), positive_values=(1,), output_value=1)
 
-# New lesions: the follow-up FLAIR minus the baseline FLAIR registered onto it; a saved label's value 2 marks them.
+# New lesions: the follow-up FLAIR and the follow-up minus the baseline FLAIR registered onto it (two channels); a
+# saved label's value 2 marks them.
 # Predicted new lesions under 14 voxels (a sphere 3 mm across at 1 mm, the usual size floor for a new T2 lesion) are
 # dropped: they are mostly residual misregistration at edges (3 MS phantom follow-ups: 786 -> 43 predicted, PPV
 # 0.005 -> 0.066, F1 0.01 -> 0.12; 6 new lesions detected either way).
 NEW_LESION = Recipe(task="new_lesion", inputs=(FLAIR,), positive_values=(2,), output_value=2, longitudinal=True,
-                    min_lesion_voxels=14)
+                    with_followup=True, min_lesion_voxels=14)
 
 RECIPES = {r.task: r for r in (FLAIR_LESION, NEW_LESION, ENHANCEMENT)}

@@ -129,7 +129,8 @@ def preprocess(recipe: Recipe, with_label: bool = False, device: str | torch.dev
     preprocessed studies (CacheDataset) and reads files directly. Everything after loading runs on ``device``.
 
     A longitudinal recipe also loads the baseline the same way and replaces the image by follow-up minus the
-    registered baseline; at inference the registration's report is kept under ``registration``.
+    registered baseline (or, ``with_followup``, adds that subtraction as a second channel); at inference the
+    registration's report is kept under ``registration``.
     """
     channels = channel_keys(recipe)
     baseline = [BASELINE] if recipe.longitudinal else []
@@ -153,7 +154,8 @@ def preprocess(recipe: Recipe, with_label: bool = False, device: str | torch.dev
         )
     chain.append(ForegroundZScored(keys=[IMAGE, *baseline]))
     if baseline:
-        subtract = SubtractRegisteredBaselined(IMAGE, BASELINE, report_key=None if with_label else "registration")
+        subtract = SubtractRegisteredBaselined(IMAGE, BASELINE, report_key=None if with_label else "registration",
+                                               keep_followup=recipe.with_followup)
         chain.append(WithSmallOpThreadsd(subtract))
     if with_label:
         chain.append(LesionMaskd(keys=LABEL, values=recipe.positive_values))
