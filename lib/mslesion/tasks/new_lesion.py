@@ -1,10 +1,11 @@
 """new_lesion: lesions that are new since the previous visit, on the follow-up FLAIR (label 2 = new MS lesion).
 
 The follow-up is registered to the baseline FLAIR (the subject's previous session, or the request's
-``baseline``), the baseline is pulled onto the follow-up's grid and subtracted, and the U-Net reads the
-subtraction. By default (``include_all_lesions``) the answer also marks flair_lesion's other lesions as 1, so that a
-GUI shows the existing lesions and the new ones as two segments. Default weights: pretrained on longitudinal
-glioma-change phantoms, fine-tuned on MS corrections.
+``baseline``), the baseline is pulled onto the follow-up's grid and subtracted, and the U-Net reads the follow-up
+and the subtraction as two channels (older weights: the subtraction alone). By default (``include_all_lesions``)
+the answer also marks flair_lesion's other lesions as 1, so that a GUI shows the existing lesions and the new ones
+as two segments. Default weights: flair_lesion's, then domain-randomised MS follow-ups and glioma change
+(model/new_lesion.md).
 """
 
 from __future__ import annotations

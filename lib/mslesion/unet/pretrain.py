@@ -40,7 +40,7 @@ from .evaluate import evaluate_on_cohort
 from .networks import lesion_unet
 from .phantom_items import cohort_items, randomised_items
 from .recipes import RECIPES, for_cpu, for_cpu_pretraining, postprocessing
-from .training import FitResult, fit
+from .training import FitResult, fit, state_digest
 
 PRETRAINING_COHORTS = {
     "flair_lesion": ("glioma", "leukoencephalopathy", "small_vessel"),
@@ -335,7 +335,7 @@ def pretrain_budgeted(task: str, budget_min: float, run_dir: Path, resume: bool,
     def plan(rate: float) -> int:
         """Steps that still fit the budget at the measured rate, VALIDATION_SHARE of the time left to validation."""
         remaining_s = budget_min * 60 - (time.time() - started)
-        total = max(10, int((1 - VALIDATION_SHARE) * remaining_s * rate))
+        total = max(1, int((1 - VALIDATION_SHARE) * remaining_s * rate))
         print(json.dumps({"planned_steps": total, "steps_per_second": round(rate, 3)}), flush=True)
         return total
 
@@ -356,8 +356,10 @@ def pretrain_budgeted(task: str, budget_min: float, run_dir: Path, resume: bool,
     # late on its curve may look worse than it is once its own threshold is tuned (2026-12-06: the EMA picked a
     # mid-curve epoch; the annealed final weights were never scored)
     last = (previous.get("model") if previous else None) if finalise else copy.deepcopy(network.state_dict())
-    result.state, tuned, tuned_scores = _tuned_choice(network, [result.state] + ([last] if last else []),
-                                                      val_items, recipe, device)
+    candidates = [result.state]
+    if last and state_digest(last) != state_digest(result.state):  # the best epoch may be the last one
+        candidates.append(last)
+    result.state, tuned, tuned_scores = _tuned_choice(network, candidates, val_items, recipe, device)
     recipe = replace(recipe, **tuned)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{task}.pt"
