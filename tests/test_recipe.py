@@ -12,7 +12,7 @@ import torch
 
 from mslesion import weights
 from mslesion.metrics import count_scores, lesion_scores, pooled_scores
-from mslesion.unet.evaluate import predicted_mask, tune_postprocessing
+from mslesion.unet.evaluate import THRESHOLDS, cropped_to_candidates, predicted_mask, tune_postprocessing
 from mslesion.unet.inference import threshold_label
 from mslesion.unet.networks import lesion_unet
 from mslesion.unet.recipes import FLAIR_LESION, NEW_LESION, for_cpu, from_checkpoint, postprocessing
@@ -97,6 +97,25 @@ def test_tuning_picks_a_threshold_that_removes_faint_false_positives():
     best, scores = tune_postprocessing(Fixed(), studies, replace(FLAIR_LESION, infer_roi=(32, 32, 32)))
     assert best["threshold"] >= 0.6 and scores["f1"] == 1.0
     assert predicted_mask(margin[0], 0.5, 3).sum() > predicted_mask(margin[0], best["threshold"], 3).sum()
+
+
+def test_the_tuning_grid_scores_the_same_on_the_candidate_box_as_on_the_whole_study():
+    rng = np.random.default_rng(0)
+    truth = np.zeros((40, 44, 36), dtype=np.uint8)
+    truth[8:12, 10:15, 6:9] = 1
+    truth[30:33, 30:34, 25:29] = 1
+    truth[20, 20, 20] = 1  # below the scored size
+    margin = torch.as_tensor(rng.normal(-8.0, 1.0, truth.shape), dtype=torch.float32)
+    margin[9:13, 10:14, 6:10] = 5.0  # a lesion, slightly off
+    margin[2:4, 35:40, 30:33] = 2.5  # a false positive of 30 voxels
+    margin[15, 5, 5] = 3.0  # a single-voxel one
+    box_truth, box_margin = cropped_to_candidates(truth, margin, min(THRESHOLDS))
+    assert box_truth.size < truth.size
+    for threshold in THRESHOLDS:
+        for size in (3, 12, 45):
+            whole = lesion_scores(truth, predicted_mask(margin, threshold, size))
+            box = lesion_scores(box_truth, predicted_mask(box_margin, threshold, size))
+            assert whole == box, (threshold, size)
 
 
 def test_the_poly_curve_ends_at_zero_and_can_be_planned_late():

@@ -34,8 +34,7 @@ MIN_SIZES = (3, 5, 8, 12, 20, 30, 45)
 def predicted_mask(margin: torch.Tensor, threshold: float, min_voxels: int) -> np.ndarray:
     """Lesion mask from a lesion-vs-background logit margin: probability above ``threshold``, components of at
     least ``min_voxels``."""
-    cut = float(np.log(threshold / (1 - threshold)))
-    mask = (margin > cut).to(torch.uint8).cpu().numpy()
+    mask = (margin > threshold_cut(threshold)).to(torch.uint8).cpu().numpy()
     return without_small_lesions(mask, min_voxels)
 
 
@@ -54,9 +53,23 @@ def score_studies(network: torch.nn.Module, studies, recipe: Recipe) -> dict:
     return count_scores(scores) if scores else {}
 
 
+def threshold_cut(threshold: float) -> float:
+    return float(np.log(threshold / (1 - threshold)))
+
+
+def cropped_to_candidates(truth: np.ndarray, margin: torch.Tensor, lowest: float) -> tuple[np.ndarray, torch.Tensor]:
+    """Truth and margin cut to the box around every voxel that is lesion or above the ``lowest`` threshold: the
+    grid's lesion counts and Dice are the same on that box, and labelling it is ~10x faster than a whole study."""
+    candidates = (truth > 0) | (margin > threshold_cut(lowest)).cpu().numpy()
+    if not candidates.any():
+        return truth[:1, :1, :1], margin[:1, :1, :1]
+    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in np.nonzero(candidates))
+    return truth[box], margin[box]
+
+
 def tune_postprocessing(network: torch.nn.Module, studies, recipe: Recipe) -> tuple[dict, dict]:
     """The threshold and minimum lesion size with the best pooled F1 on validation studies, and that score."""
-    margins = list(study_margins(network, studies, recipe))
+    margins = [cropped_to_candidates(t, m, min(THRESHOLDS)) for t, m in study_margins(network, studies, recipe)]
     best, best_scores = {"threshold": recipe.threshold, "min_lesion_voxels": recipe.min_lesion_voxels}, {}
     for threshold in THRESHOLDS:
         for size in MIN_SIZES:
