@@ -94,6 +94,8 @@ def write_randomised_card(task: str, card: dict, path: Path) -> None:
         f"grey/white contrast, bright deep grey matter, faint to bright lesions, bias and noise): "
         f"{', '.join(card['cohorts'])}; {card['train_studies']} training and {card['val_studies']} validation "
         "studies (seeds of their own).",
+        *([f"- Started from the `{card['initialised_from']}` weights (`--init-from`; input channels the source lacked "
+           "started at zero)."] if card.get("initialised_from") else []),
         f"- Network: MONAI UNet, channels {tuple(r['channels'])}, {r['norm']} norm, 4 down / 4 up, "
         f"{card['parameters']:,} parameters, fp16 ({card['file_kb']} kB).",
         f"- Recipe: {r['loss']} (Dice on the lesion channel pooled over the batch + cross-entropy), AdamW lr "
