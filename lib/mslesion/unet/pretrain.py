@@ -94,6 +94,9 @@ def write_randomised_card(task: str, card: dict, path: Path) -> None:
         f"grey/white contrast, bright deep grey matter, faint to bright lesions, bias and noise): "
         f"{', '.join(card['cohorts'])}; {card['train_studies']} training and {card['val_studies']} validation "
         "studies (seeds of their own).",
+        *(["- Input: the follow-up FLAIR and the follow-up minus the baseline FLAIR registered onto it (rigid + "
+           "affine), two channels; label 2 (new lesion) is the target."]
+          if r.get("longitudinal") and r.get("with_followup") else []),
         *([f"- Started from the `{card['initialised_from']}` weights (`--init-from`; input channels the source lacked "
            "started at zero)."] if card.get("initialised_from") else []),
         f"- Network: MONAI UNet, channels {tuple(r['channels'])}, {r['norm']} norm, 4 down / 4 up, "
