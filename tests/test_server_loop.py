@@ -65,7 +65,7 @@ def test_loop(client, server, phantom_root, tmp_path):
     stats = client.info()["train_stats"]["flair_lesion"]
     assert stats["status"] == "PUBLISHED" and stats["pretrained_from"] == "flair_lesion.pt"
     assert stats["train_studies"] == ["sub-01_ses-01_FLAIR"] and stats["val_studies"] == ["sub-02_ses-01_FLAIR"]
-    # the post-processing is re-tuned on the site's labelled studies and served with the new weights
+    # the post-processing is re-tuned on the round's validation study (not trained on) and served with the weights
     assert stats["postprocessing_scores"]["true_lesions"] > 0
     assert weights.load_metadata(published)["postprocessing"] == stats["postprocessing"]
     new, old = weights.load_state(published), weights.load_state(weights.default_weights("flair_lesion"))

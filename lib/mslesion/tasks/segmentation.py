@@ -248,7 +248,7 @@ class LesionSegmentationTrain(StatsFileTrainTask):
         if not world.is_main:
             return None
         network.load_state_dict(result.state)
-        recipe, site_scores = retuned_for_site(network, items, recipe, device)
+        recipe, site_scores = retuned_for_site(network, val_items, recipe, device)
         progress({"postprocessing": postprocessing(recipe), "postprocessing_scores": site_scores})
         published = weights.publish(
             result.state,
