@@ -8,8 +8,8 @@ from mslesion import weights
 from mslesion.phantoms import PhantomOptions, write_cohort
 from mslesion.unet.evaluate import evaluate_on_cohort
 from mslesion.unet.networks import lesion_unet
-from mslesion.unet.phantom_items import variant_items
-from mslesion.unet.recipes import FLAIR_LESION, from_checkpoint
+from mslesion.unet.phantom_items import cohort_items, variant_items
+from mslesion.unet.recipes import FLAIR_LESION, NEW_LESION, from_checkpoint
 from mslesion.unet.transforms import IMAGE, LABEL
 
 pytestmark = pytest.mark.slow
@@ -21,6 +21,12 @@ pytestmark = pytest.mark.slow
 # (sensitivity alone is no floor: random weights can call everything).
 F1_FLOOR, PPV_FLOOR, DICE_FLOOR = 0.8, 0.7, 0.7
 SHIFTED_F1_FLOOR, SHIFTED_FP_PER_SCAN = 0.75, 3.0
+
+
+# new_lesion (2026-12-07, two-channel weights): the four follow-ups below (10 new lesions) F1 0.67, sensitivity 0.7,
+# PPV 0.64, 1 false positive per scan; the subtraction-only weights before them scored F1 0.14 on similar follow-ups;
+# random weights F1 0.0 (three seeds).
+NEW_LESION_F1_FLOOR = 0.5
 
 
 def defaults(recipe=FLAIR_LESION):
@@ -79,3 +85,18 @@ def test_random_weights_fall_below_the_floor(held_out):
     scores = evaluate_on_cohort(lesion_unet(recipe), held_out, recipe, torch.device("cpu"))
     assert scores["f1"] < F1_FLOOR and scores["dice"] < DICE_FLOOR, scores
 
+
+@pytest.fixture(scope="module")
+def follow_ups(tmp_path_factory):
+    """Follow-ups of four MS phantoms of the plain generator (seeds no training used), each with its baseline."""
+    return cohort_items(tmp_path_factory.mktemp("follow_ups"), "ms", 4, 4244, 93, NEW_LESION)
+
+
+def test_new_lesion_defaults_find_the_new_lesions(follow_ups):
+    network, recipe = defaults(NEW_LESION)
+    scores = evaluate_on_cohort(network, follow_ups, recipe, torch.device("cpu"))
+    assert scores["true_lesions"] >= 4, "the fixture should hold new lesions; pick other seeds"
+    assert scores["f1"] >= NEW_LESION_F1_FLOOR, scores
+    torch.manual_seed(0)
+    random = evaluate_on_cohort(lesion_unet(recipe), follow_ups, recipe, torch.device("cpu"))
+    assert random["f1"] < NEW_LESION_F1_FLOOR, random
