@@ -12,11 +12,17 @@ import torch
 
 from mslesion import weights
 from mslesion.metrics import count_scores, lesion_scores, pooled_scores
-from mslesion.unet.evaluate import THRESHOLDS, cropped_to_candidates, predicted_mask, tune_postprocessing
+from mslesion.unet.evaluate import (
+    THRESHOLDS,
+    cropped_to_candidates,
+    predicted_mask,
+    score_studies_at,
+    tune_postprocessing,
+)
 from mslesion.unet.inference import threshold_label
 from mslesion.unet.networks import lesion_unet
 from mslesion.unet.recipes import FLAIR_LESION, NEW_LESION, for_cpu, from_checkpoint, postprocessing
-from mslesion.unet.training import fit, poly_schedule, replan
+from mslesion.unet.training import SELECTION_THRESHOLDS, fit, poly_schedule, replan
 from mslesion.unet.transforms import IMAGE, LABEL, LesionBalancedIndicesd, ThinnedIndicesd, lesion_indices
 
 TINY = replace(for_cpu(FLAIR_LESION), spacing=(4.0, 4.0, 4.0), patch=(16, 16, 16), patches_per_study=2,
@@ -97,6 +103,9 @@ def test_tuning_picks_a_threshold_that_removes_faint_false_positives():
     best, scores = tune_postprocessing(Fixed(), studies, replace(FLAIR_LESION, infer_roi=(32, 32, 32)))
     assert best["threshold"] >= 0.6 and scores["f1"] == 1.0
     assert predicted_mask(margin[0], 0.5, 3).sum() > predicted_mask(margin[0], best["threshold"], 3).sum()
+    # what the best-epoch pick sees: one inference, the counts at each threshold
+    at = score_studies_at(Fixed(), studies, replace(FLAIR_LESION, infer_roi=(32, 32, 32)), (0.5, 0.9))
+    assert pooled_scores(at[0.5])["fp_per_scan"] == 1.0 and pooled_scores(at[0.9])["f1"] == 1.0
 
 
 def test_the_tuning_grid_scores_the_same_on_the_candidate_box_as_on_the_whole_study():
@@ -188,6 +197,10 @@ def test_a_stopped_run_resumes_on_the_same_curve(tiny_items, tmp_path):
     assert [row["epoch"] for row in second.history] == [1, 2]
     assert second.history[0] == first.history[0]  # the first run's epoch, carried over
     assert second.history[-1]["lr"] == 0.0
+    # the best epoch is picked on F1 at the best of a few thresholds, never below F1 at the recipe's own
+    for row in second.history:
+        assert row["selection_threshold"] in {recipe.threshold, *SELECTION_THRESHOLDS}
+        assert row["f1_selection"] >= row.get("f1", 0.0)
     json.dumps(second.history)  # the stats file can hold it
 
 

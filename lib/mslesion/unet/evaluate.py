@@ -47,10 +47,18 @@ def study_margins(network: torch.nn.Module, studies, recipe: Recipe):
 
 def score_studies(network: torch.nn.Module, studies, recipe: Recipe) -> dict:
     """Additive lesion counts of the recipe's post-processing over preprocessed studies (see pooled_scores)."""
-    scores = [lesion_scores(truth, predicted_mask(margin, recipe.threshold, recipe.min_lesion_voxels),
-                            recipe.score_min_voxels)
-              for truth, margin in study_margins(network, studies, recipe)]
-    return count_scores(scores) if scores else {}
+    return score_studies_at(network, studies, recipe, (recipe.threshold,))[recipe.threshold]
+
+
+def score_studies_at(network: torch.nn.Module, studies, recipe: Recipe, thresholds) -> dict[float, dict]:
+    """Additive lesion counts at each of ``thresholds`` (the recipe's minimum lesion size), one inference per study."""
+    per_threshold: dict[float, list] = {t: [] for t in thresholds}
+    for truth, margin in study_margins(network, studies, recipe):
+        truth, margin = cropped_to_candidates(truth, margin, min(thresholds))
+        for t in thresholds:
+            per_threshold[t].append(lesion_scores(truth, predicted_mask(margin, t, recipe.min_lesion_voxels),
+                                                  recipe.score_min_voxels))
+    return {t: count_scores(scores) if scores else {} for t, scores in per_threshold.items()}
 
 
 def threshold_cut(threshold: float) -> float:

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed
 from ..metrics import pooled_scores
-from .evaluate import score_studies
+from .evaluate import score_studies_at
 from .recipes import Recipe
 from .transforms import IMAGE, LABEL, lesion_indices, preprocess, training_augmentation
 
@@ -134,6 +134,10 @@ def combine_scores(parts: list[dict]) -> dict:
     return pooled_scores(counts)
 
 
+#: The best epoch is picked on the pooled validation F1 at the best of these thresholds (and the recipe's): the
+#: batch-norm U-Nets are over-confident on whole studies, their tuned thresholds are 0.98-0.995, and F1 at p = 0.5
+#: swung from 0.06 to 0.34 between epochs of one run (enhancement, 2026-12-07) while the network improved.
+SELECTION_THRESHOLDS = (0.5, 0.9, 0.98, 0.995)
 UNPLANNED = 10**9  # a budgeted run's total before its step rate is measured: the curve stays at its start
 #: A budgeted run re-plans its total after a validation when the measured rate moves the end by more than this
 #: share of the steps left (another job started or ended on the machine), over at least REPLAN_MIN_STEPS steps.
@@ -325,17 +329,22 @@ class TrainingRun:
         state, recipe, device = self.state, self.recipe, self.device
         started = time.time()
         # the bare network, not the DDP wrapper: ranks validate different numbers of studies without collectives
-        metrics = combine_scores(distributed.gather(score_studies(self.network, self.val_studies, recipe)))
+        thresholds = sorted({recipe.threshold, *SELECTION_THRESHOLDS})
+        gathered = distributed.gather(score_studies_at(self.network, self.val_studies, recipe, thresholds))
+        by_threshold = {t: combine_scores([counts[t] for counts in gathered]) for t in thresholds}
+        metrics = by_threshold[recipe.threshold]
+        selection = max(thresholds, key=lambda t: by_threshold[t].get("f1", 0.0))
         if validation_share and epoch == 1:  # validate every k epochs, so validation takes about this share
             spent = distributed.reduce(time.time() - started, "max", device)
             state["validate_every"] = max(1, math.ceil(spent / (validation_share * max(1e-6, train_seconds))))
         mean_loss = distributed.reduce(sum(losses) / max(1, len(losses)), "sum", device) / self.world
-        f1 = metrics.get("f1", 0.0)
+        f1 = by_threshold[selection].get("f1", 0.0)
         ema = f1 if state["ema"] is None else recipe.validation_ema * state["ema"] + (1 - recipe.validation_ema) * f1
         state["ema"] = ema
         row = {"epoch": epoch, "epochs": self.total_epochs(), "step": state["step"],
                "lr": round(self.schedule.get_last_lr()[0], 7), "loss": round(mean_loss, 5),
                "seconds": round(time.time() - epoch_start, 1), "f1_ema": round(ema, 4),
+               "selection_threshold": selection, "f1_selection": round(f1, 4),
                **{k: round(v, 4) for k, v in metrics.items()}}
         state["history"].append(row)
         state["epoch"] = epoch
