@@ -37,10 +37,6 @@ def defaults(recipe=FLAIR_LESION):
     return network, recipe
 
 
-def flair_defaults():
-    return defaults(FLAIR_LESION)
-
-
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory):
     """Two MS phantoms of the plain (non-randomised) generator, seeds no training used."""
@@ -68,20 +64,20 @@ def test_default_weights_have_a_model_card_and_carry_their_recipe():
 
 
 def test_default_weights_find_lesions(held_out):
-    network, recipe = flair_defaults()
+    network, recipe = defaults(FLAIR_LESION)
     scores = evaluate_on_cohort(network, held_out, recipe, torch.device("cpu"))
     assert scores["f1"] >= F1_FLOOR and scores["ppv"] >= PPV_FLOOR and scores["dice"] >= DICE_FLOOR, scores
 
 
 def test_default_weights_hold_on_shifted_acquisitions(shifted):
-    network, recipe = flair_defaults()
+    network, recipe = defaults(FLAIR_LESION)
     scores = evaluate_on_cohort(network, shifted, recipe, torch.device("cpu"))
     assert scores["f1"] >= SHIFTED_F1_FLOOR and scores["fp_per_scan"] <= SHIFTED_FP_PER_SCAN, scores
 
 
 def test_random_weights_fall_below_the_floor(held_out):
     torch.manual_seed(0)
-    _, recipe = flair_defaults()
+    _, recipe = defaults(FLAIR_LESION)
     scores = evaluate_on_cohort(lesion_unet(recipe), held_out, recipe, torch.device("cpu"))
     assert scores["f1"] < F1_FLOOR and scores["dice"] < DICE_FLOOR, scores
 

@@ -31,6 +31,11 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
 MIN_SIZES = (3, 5, 8, 12, 20, 30, 45)
 
 
+def threshold_cut(threshold: float) -> float:
+    """The lesion-vs-background logit margin above which the lesion probability exceeds ``threshold``."""
+    return float(np.log(threshold / (1 - threshold)))
+
+
 def predicted_mask(margin: torch.Tensor, threshold: float, min_voxels: int) -> np.ndarray:
     """Lesion mask from a lesion-vs-background logit margin: probability above ``threshold``, components of at
     least ``min_voxels``."""
@@ -45,26 +50,6 @@ def study_margins(network: torch.nn.Module, studies, recipe: Recipe):
         yield study[LABEL][0].cpu().numpy(), lesion_margin(logits)[0]
 
 
-def score_studies(network: torch.nn.Module, studies, recipe: Recipe) -> dict:
-    """Additive lesion counts of the recipe's post-processing over preprocessed studies (see pooled_scores)."""
-    return score_studies_at(network, studies, recipe, (recipe.threshold,))[recipe.threshold]
-
-
-def score_studies_at(network: torch.nn.Module, studies, recipe: Recipe, thresholds) -> dict[float, dict]:
-    """Additive lesion counts at each of ``thresholds`` (the recipe's minimum lesion size), one inference per study."""
-    per_threshold: dict[float, list] = {t: [] for t in thresholds}
-    for truth, margin in study_margins(network, studies, recipe):
-        truth, margin = cropped_to_candidates(truth, margin, min(thresholds))
-        for t in thresholds:
-            per_threshold[t].append(lesion_scores(truth, predicted_mask(margin, t, recipe.min_lesion_voxels),
-                                                  recipe.score_min_voxels))
-    return {t: count_scores(scores) if scores else {} for t, scores in per_threshold.items()}
-
-
-def threshold_cut(threshold: float) -> float:
-    return float(np.log(threshold / (1 - threshold)))
-
-
 def cropped_to_candidates(truth: np.ndarray, margin: torch.Tensor, lowest: float) -> tuple[np.ndarray, torch.Tensor]:
     """Truth and margin cut to the box around every voxel that is lesion or above the ``lowest`` threshold: the
     grid's lesion counts and Dice are the same on that box, and labelling it is ~10x faster than a whole study."""
@@ -75,18 +60,54 @@ def cropped_to_candidates(truth: np.ndarray, margin: torch.Tensor, lowest: float
     return truth[box], margin[box]
 
 
-def tune_postprocessing(network: torch.nn.Module, studies, recipe: Recipe) -> tuple[dict, dict]:
-    """The threshold and minimum lesion size with the best pooled F1 on validation studies, and that score."""
-    margins = [cropped_to_candidates(t, m, min(THRESHOLDS)) for t, m in study_margins(network, studies, recipe)]
+def candidate_margins(network: torch.nn.Module, studies, recipe: Recipe, lowest: float) -> list:
+    """(truth, margin) of every study cut to its candidates at ``lowest``: one inference per study, for scoring
+    any number of post-processings from threshold ``lowest`` up."""
+    return [cropped_to_candidates(t, m, lowest) for t, m in study_margins(network, studies, recipe)]
+
+
+def study_score(truth: np.ndarray, margin: torch.Tensor, threshold: float, min_voxels: int, recipe: Recipe):
+    """Lesion-wise scores of one study's margin under one post-processing."""
+    return lesion_scores(truth, predicted_mask(margin, threshold, min_voxels), recipe.score_min_voxels)
+
+
+def counts_at(margins: list, threshold: float, min_voxels: int, recipe: Recipe) -> dict:
+    """Additive lesion counts of one post-processing over (truth, margin) pairs (see pooled_scores)."""
+    scores = [study_score(t, m, threshold, min_voxels, recipe) for t, m in margins]
+    return count_scores(scores) if scores else {}
+
+
+def score_studies(network: torch.nn.Module, studies, recipe: Recipe) -> dict:
+    """Additive lesion counts of the recipe's post-processing over preprocessed studies (see pooled_scores)."""
+    return score_studies_at(network, studies, recipe, (recipe.threshold,))[recipe.threshold]
+
+
+def score_studies_at(network: torch.nn.Module, studies, recipe: Recipe, thresholds) -> dict[float, dict]:
+    """Additive lesion counts at each of ``thresholds`` (the recipe's minimum lesion size), one inference per study;
+    studies are scored as they come (a training's validation does not hold all of their margins at once)."""
+    per_threshold: dict[float, list] = {t: [] for t in thresholds}
+    for truth, margin in study_margins(network, studies, recipe):
+        truth, margin = cropped_to_candidates(truth, margin, min(thresholds))
+        for t in thresholds:
+            per_threshold[t].append(study_score(truth, margin, t, recipe.min_lesion_voxels, recipe))
+    return {t: count_scores(scores) if scores else {} for t, scores in per_threshold.items()}
+
+
+def best_postprocessing(margins: list, recipe: Recipe) -> tuple[dict, dict]:
+    """The threshold and minimum lesion size of the grid with the best pooled F1 over (truth, margin) pairs cut at
+    min(THRESHOLDS) or lower, and that score."""
     best, best_scores = {"threshold": recipe.threshold, "min_lesion_voxels": recipe.min_lesion_voxels}, {}
     for threshold in THRESHOLDS:
         for size in MIN_SIZES:
-            counts = count_scores([lesion_scores(t, predicted_mask(m, threshold, size), recipe.score_min_voxels)
-                                   for t, m in margins])
-            scores = pooled_scores(counts)
+            scores = pooled_scores(counts_at(margins, threshold, size, recipe))
             if not best_scores or scores["f1"] > best_scores["f1"]:
                 best, best_scores = {"threshold": threshold, "min_lesion_voxels": size}, scores
     return best, best_scores
+
+
+def tune_postprocessing(network: torch.nn.Module, studies, recipe: Recipe) -> tuple[dict, dict]:
+    """The threshold and minimum lesion size with the best pooled F1 on validation studies, and that score."""
+    return best_postprocessing(candidate_margins(network, studies, recipe, min(THRESHOLDS)), recipe)
 
 
 #: Lesions the held-out studies of a fine-tuning round need before its post-processing is re-tuned on them.
@@ -105,9 +126,10 @@ def retuned_for_site(network: torch.nn.Module, items: list[dict], recipe: Recipe
     F1 0.645 (PPV 0.66, 5.8 FP/scan); re-tuning on the one validation study (19 lesions) chose p > 0.5 / 3 voxels,
     F1 0.537 (18.5 FP/scan)."""
     studies = Dataset(items, transform=Compose(preprocess(recipe, True, device)))
-    tuned, scores = tune_postprocessing(network.to(device).eval(), studies, recipe)
-    if scores.get("true_lesions", 0) < MIN_LESIONS_TO_RETUNE:
-        return recipe, pooled_scores(score_studies(network, studies, recipe))  # the scores of what is kept
+    margins = candidate_margins(network.to(device).eval(), studies, recipe, min(*THRESHOLDS, recipe.threshold))
+    tuned, scores = best_postprocessing(margins, recipe)
+    if scores.get("true_lesions", 0) < MIN_LESIONS_TO_RETUNE:  # the scores of what is kept, from the same inference
+        return recipe, pooled_scores(counts_at(margins, recipe.threshold, recipe.min_lesion_voxels, recipe))
     return replace(recipe, **tuned), scores
 
 

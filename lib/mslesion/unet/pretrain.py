@@ -357,9 +357,9 @@ def pretrain_budgeted(task: str, budget_min: float, run_dir: Path, resume: bool,
     if result.stopped:
         print(json.dumps({"stopped": True, "checkpoint": str(state_path), "resume": "--resume"}), flush=True)
         return {}
-    # the last weights compete with the best epoch's: the best is picked at the recipe's threshold, where a network
-    # late on its curve may look worse than it is once its own threshold is tuned (2026-12-06: the EMA picked a
-    # mid-curve epoch; the annealed final weights were never scored)
+    # the last weights compete with the best epoch's: the best is picked on an EMA of F1 at a few fixed thresholds,
+    # where a network late on its curve may still look worse than it is once its own post-processing is tuned
+    # (2026-12-07: new_lesion's EMA-best, picked at p 0.5, lost to its last weights after tuning, 0.566 vs 0.596)
     last = (previous.get("model") if previous else None) if finalise else copy.deepcopy(network.state_dict())
     candidates = [result.state]
     if last and state_digest(last) != state_digest(result.state):  # the best epoch may be the last one
