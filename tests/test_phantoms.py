@@ -262,3 +262,25 @@ def test_every_cohort_has_a_maker_in_the_registry():
     assert set(COHORT_MAKERS) == set(COHORTS)
     with pytest.raises(ValueError, match="unknown cohort"):
         make_subject("lymphoma", "01", 0)
+
+
+def test_the_ms_active_cohort_shows_many_more_enhancing_lesions():
+    """The enhancement U-Net's training cohort: every session has enhancing lesions, about a quarter of them (the
+    natural course gives ~1 per session and many sessions none), and non-enhancing lesions stay to learn from."""
+    from mslesion.phantoms.anatomy import load_anatomy
+    from mslesion.phantoms.cohorts import cohort_sessions
+    from mslesion.phantoms.deformation import random_warp
+
+    anat, counts = load_anatomy(), {}
+    for cohort in ("ms", "ms_active"):
+        counts[cohort] = []
+        for seed in range(4):
+            warp = random_warp(np.random.default_rng(100 + seed))
+            _, sessions = cohort_sessions(cohort, np.random.default_rng(seed), anat, warp, 2, np.random.default_rng(7))
+            for session in sessions:
+                records = [b.record for b in session.blobs if b.record and b.record["kind"] == "ms"]
+                counts[cohort].append((sum(r["enhancing"] for r in records), len(records)))
+    active = counts["ms_active"]
+    assert all(enhancing >= 1 for enhancing, _ in active)
+    assert all(enhancing < lesions for enhancing, lesions in active)
+    assert sum(e for e, _ in active) >= 3 * sum(e for e, _ in counts["ms"])

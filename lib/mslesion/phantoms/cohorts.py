@@ -10,7 +10,7 @@ from .anatomy import Anatomy
 from .contrasts import ENHANCEMENT_RANGE, LESION_LEVELS, lesion_levels
 from .deformation import MassEffect, SubjectWarp, smooth_field
 from .lesions import Blob, clear_of, lobes, orthonormal_axes, place, texture, tissue_at
-from .ms import ms_sessions
+from .ms import ACTIVE_COHORT_SHARE, ms_sessions
 
 #: Glioma: main radius (mm), lobulation, infiltrative edge width (mm), mass-effect amplitude (<1).
 GLIOMA_RADIUS_MM = (14.0, 26.0)
@@ -71,6 +71,12 @@ def cohort_sessions(cohort: str, rng: np.random.Generator, anat: Anatomy, warp: 
 
 def _ms(rng, anat, warp, n_sessions, signs_rng):
     return warp, [SessionPathology(blobs=b) for b in ms_sessions(rng, anat, warp, n_sessions, signs_rng)]
+
+
+def _ms_active(rng, anat, warp, n_sessions, signs_rng):
+    """MS in relapse: a share of the lesions enhances in every session (ms.ACTIVE_COHORT_SHARE)."""
+    sessions = ms_sessions(rng, anat, warp, n_sessions, signs_rng, active_share=ACTIVE_COHORT_SHARE)
+    return warp, [SessionPathology(blobs=b) for b in sessions]
 
 
 def _healthy(rng, anat, warp, n_sessions, signs_rng):
@@ -227,6 +233,7 @@ def _leukoencephalopathy(rng: np.random.Generator, anat: Anatomy) -> DiffuseLesi
 #: (the order keys the random streams, so existing cohorts keep their studies).
 COHORT_MAKERS = {
     "ms": _ms,
+    "ms_active": _ms_active,
     "glioma": lambda rng, anat, warp, n, signs: _glioma(rng, anat, warp, n, grows=False),
     "leukoencephalopathy": _same_every_session(make_diffuse=_leukoencephalopathy),
     "small_vessel": _same_every_session(make_blobs=_small_vessel),

@@ -36,6 +36,10 @@ NEW_ACTIVE_PROB = 0.6
 OLD_REACTIVATION_PROB = 0.1
 #: Share of enhancing lesions with ring (vs nodular) enhancement; smaller lesions always enhance nodular.
 RING_PROB = 0.25
+#: The "ms_active" cohort (MS in relapse): every session makes about this share of its lesions enhance (at least
+#: one). Training cohorts for the enhancement U-Net use it: at the natural rate (~1 enhancing lesion per session,
+#: many sessions none) 76 training studies hold too few enhancing lesions to generalise from.
+ACTIVE_COHORT_SHARE = 0.25
 RING_MIN_RADIUS_MM = 2.5
 
 
@@ -145,10 +149,11 @@ def _new_lesion(rng: np.random.Generator, anat: Anatomy, warp: SubjectWarp, lesi
 
 
 def ms_sessions(rng: np.random.Generator, anat: Anatomy, warp: SubjectWarp, n_sessions: int,
-                signs_rng: np.random.Generator | None = None) -> list[list[Blob]]:
+                signs_rng: np.random.Generator | None = None, active_share: float | None = None) -> list[list[Blob]]:
     """Blobs (painting order) of every session of one MS subject. With ``signs_rng`` (the randomised generator)
     the non-contrast signs of activity are drawn per subject and per lesion (activity.py) from that stream; the
-    lesions and which of them enhance come from ``rng`` as without it."""
+    lesions and which of them enhance come from ``rng`` as without it. ``active_share``: each lesion enhances
+    with this probability in every session (at least one per session) instead of the natural course."""
     profile: SignProfile | None = random_sign_profile(signs_rng) if signs_rng is not None else None
     lesions: list[MSLesion] = []
     target = int(rng.integers(LESION_COUNT[0], LESION_COUNT[1] + 1))
@@ -174,7 +179,8 @@ def ms_sessions(rng: np.random.Generator, anat: Anatomy, warp: SubjectWarp, n_se
                 les = _new_lesion(rng, anat, warp, lesions, session, avoid=lesions)
                 if les is not None:
                     lesions.append(les)
-        active = _choose_active(rng, lesions, session)
+        active = (_choose_active(rng, lesions, session) if active_share is None
+                  else _choose_share(rng, lesions, active_share))
         if profile is None:
             halos = [les.halo() for les in lesions if les.id in active]
             blobs = [les.blob(session, les.id in active, les.id in enlarging) for les in lesions]
@@ -184,6 +190,12 @@ def ms_sessions(rng: np.random.Generator, anat: Anatomy, warp: SubjectWarp, n_se
             blobs = [les.blob(session, les.id in active, les.id in enlarging, signs[les.id]) for les in lesions]
         out.append(halos + blobs)
     return out
+
+
+def _choose_share(rng: np.random.Generator, lesions: list[MSLesion], share: float) -> set[int]:
+    """Each lesion enhances with probability ``share``; at least one does."""
+    active = {les.id for les in lesions if rng.random() < share}
+    return active or ({int(rng.choice([les.id for les in lesions]))} if lesions else set())
 
 
 def _choose_active(rng: np.random.Generator, lesions: list[MSLesion], session: int) -> set[int]:
