@@ -106,7 +106,7 @@ class FlairLesionSegmenter:
         return self._cached[3]
 
     def recipe(self) -> Recipe:
-        """flair_lesion's recipe with the threshold and minimum lesion size stored in the weights in use."""
+        """flair_lesion's recipe with the post-processing (mirroring, threshold, minimum size) stored in its weights."""
         return self._cached[4] if self._cached else FLAIR_LESION
 
     def __call__(self, flair_path: str, reference: MetaTensor, device: torch.device) -> torch.Tensor:

@@ -76,12 +76,13 @@ class LesionSegmentationInfer(ReportsGpuPeak, BasicInferTask):
         return preprocess(self.recipe, device=device)
 
     def inferer(self, data=None):
-        """The sliding window for this study: its ROI grown to cover it in one window when cheaper, its window batch
-        sized from the free GPU memory on CUDA (see mslesion.unet.inference)."""
+        """The sliding window for this study, with the test-time mirroring stored with the weights served: its ROI
+        grown to cover it in one window when cheaper, its window batch sized from the free GPU memory on CUDA (see
+        mslesion.unet.inference)."""
         data = data or {}
         image = data.get(IMAGE)
         shape = tuple(image.shape[1:]) if isinstance(image, torch.Tensor) else None
-        return amp_sliding_window(self.recipe, data.get("device"), shape, grow_window=True)
+        return amp_sliding_window(self.tuned_recipe(), data.get("device"), shape, grow_window=True)
 
     def inverse_transforms(self, data=None):
         return None

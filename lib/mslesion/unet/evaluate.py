@@ -21,7 +21,7 @@ from monai.transforms import Compose
 
 from ..metrics import count_scores, lesion_scores, pooled_scores, without_small_lesions
 from .inference import lesion_margin, predict_logits
-from .recipes import Recipe
+from .recipes import Recipe, postprocessing
 from .transforms import IMAGE, LABEL, preprocess
 
 #: Post-processing grid searched on validation studies: lesion probability thresholds and minimum sizes (voxels).
@@ -29,6 +29,10 @@ from .transforms import IMAGE, LABEL, preprocess
 #: sat at the old top of the grid (0.98) for every task, so the grid goes on to 0.995.
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
 MIN_SIZES = (3, 5, 8, 12, 20, 30, 45)
+#: Test-time mirroring tried with the grid: none, or left-right (the flip the U-Nets train with). On flair_lesion's
+#: shifted split (2026-12-07) left-right mirroring chosen on validation raised pooled F1 0.861 -> 0.898, Dice
+#: 0.74 -> 0.86, and left the lesion-free subjects empty, for twice the network time.
+MIRROR_CHOICES: tuple[tuple[int, ...], ...] = ((), (0,))
 
 
 def threshold_cut(threshold: float) -> float:
@@ -106,8 +110,15 @@ def best_postprocessing(margins: list, recipe: Recipe) -> tuple[dict, dict]:
 
 
 def tune_postprocessing(network: torch.nn.Module, studies, recipe: Recipe) -> tuple[dict, dict]:
-    """The threshold and minimum lesion size with the best pooled F1 on validation studies, and that score."""
-    return best_postprocessing(candidate_margins(network, studies, recipe, min(THRESHOLDS)), recipe)
+    """The test-time mirroring, threshold and minimum lesion size with the best pooled F1 on validation studies, and
+    that score (mirroring only when it scores strictly better: it doubles the network time)."""
+    best: tuple[dict, dict] | None = None
+    for mirror_axes in MIRROR_CHOICES:
+        mirrored = replace(recipe, mirror_axes=mirror_axes)
+        tuned, scores = best_postprocessing(candidate_margins(network, studies, mirrored, min(THRESHOLDS)), mirrored)
+        if best is None or scores["f1"] > best[1]["f1"]:
+            best = ({**tuned, "mirror_axes": mirror_axes}, scores)
+    return best
 
 
 #: Lesions the held-out studies of a fine-tuning round need before its post-processing is re-tuned on them.
@@ -118,7 +129,8 @@ def retuned_for_site(network: torch.nn.Module, items: list[dict], recipe: Recipe
                      device: torch.device) -> tuple[Recipe, dict]:
     """The recipe with the threshold and minimum lesion size that score best on a site's held-out labelled studies
     (paths: the validation studies of the fine-tuning round, which it did not train on), or the recipe as it is
-    when they hold fewer than MIN_LESIONS_TO_RETUNE lesions.
+    when they hold fewer than MIN_LESIONS_TO_RETUNE lesions. The test-time mirroring of the starting weights is
+    kept either way.
 
     Two numbers tuned on a few lesions overfit them. New-site benchmark (2026-12-07, 4 corrected studies, rest of
     the site scored): keeping the starting weights' p > 0.995 / 12 voxels gave F1 0.661 (PPV 0.78, 3.0 FP/scan);
@@ -174,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
             total = {k: total.get(k, 0) + v for k, v in counts.items()}
             print(variant, json.dumps({k: round(v, 3) for k, v in out[variant].items()}), flush=True)
     out["pooled"] = pooled_scores(total)
-    out["postprocessing"] = {"threshold": recipe.threshold, "min_lesion_voxels": recipe.min_lesion_voxels}
+    out["postprocessing"] = postprocessing(recipe)
     print("pooled", json.dumps({k: round(v, 3) for k, v in out["pooled"].items()}))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")

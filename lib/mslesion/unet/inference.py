@@ -75,25 +75,37 @@ def autocast(device: torch.device | str):
 
 
 class AmpSlidingWindowInferer(SlidingWindowInferer):
-    """MONAI's sliding window, run under autocast when the input lives on a GPU; returns fp32 logits."""
+    """MONAI's sliding window, run under autocast when the input lives on a GPU; returns fp32 logits.
+
+    With ``mirror_axes`` (spatial axes) the study mirrored along each is predicted too, mirrored back, and the logits
+    of all passes averaged (nnU-Net's test-time mirroring; the U-Nets train with random left-right flips)."""
+
+    def __init__(self, *args, mirror_axes: Sequence[int] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mirror_axes = tuple(mirror_axes)
 
     def __call__(self, inputs, network, *args, **kwargs):
         with autocast(inputs.device):
-            return super().__call__(inputs, network, *args, **kwargs).float()
+            logits = super().__call__(inputs, network, *args, **kwargs).float()
+            for axis in self.mirror_axes:
+                dims = (axis + 2,)  # (B, C, x, y, z)
+                logits += super().__call__(inputs.flip(dims), network, *args, **kwargs).float().flip(dims)
+        return logits / (1 + len(self.mirror_axes))
 
 
 def amp_sliding_window(recipe: Recipe, device: torch.device | str | None = None,
                        image_shape: Sequence[int] | None = None, grow_window: bool = False) -> AmpSlidingWindowInferer:
-    """The recipe's sliding window under AMP. Given the study's spatial ``image_shape``: with ``grow_window`` the ROI
-    grows to cover it in one window (``window_roi``; the server's tasks), and on a CUDA ``device`` the window batch
-    comes from the free GPU memory."""
+    """The recipe's sliding window under AMP, with its test-time mirroring. Given the study's spatial
+    ``image_shape``: with ``grow_window`` the ROI grows to cover it in one window (``window_roi``; the server's
+    tasks), and on a CUDA ``device`` the window batch comes from the free GPU memory."""
     roi, sw_batch = tuple(recipe.infer_roi), recipe.sw_batch_size
     if image_shape is not None:
         roi = window_roi(image_shape, roi) if grow_window else roi
         if device is not None and torch.device(device).type == "cuda":
             windows = window_count(image_shape, roi, recipe.sw_overlap)
             sw_batch = sw_batch_size_for(free_device_memory(device), roi, windows)
-    return AmpSlidingWindowInferer(roi_size=roi, sw_batch_size=sw_batch, overlap=recipe.sw_overlap, mode="gaussian")
+    return AmpSlidingWindowInferer(roi_size=roi, sw_batch_size=sw_batch, overlap=recipe.sw_overlap, mode="gaussian",
+                                   mirror_axes=recipe.mirror_axes)
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ from .. import distributed, weights
 from .evaluate import evaluate_on_cohort
 from .networks import lesion_unet
 from .phantom_items import cohort_items, randomised_items
-from .recipes import RECIPES, for_cpu, for_cpu_pretraining, postprocessing
+from .recipes import RECIPES, for_cpu, for_cpu_pretraining, from_checkpoint, postprocessing
 from .training import FitResult, fit, state_digest
 
 PRETRAINING_COHORTS = {
@@ -108,7 +108,7 @@ def write_randomised_card(task: str, card: dict, path: Path) -> None:
         + (" (finalised from the checkpoint before the planned end)." if card.get("finalised_early") else "."),
         f"- Post-processing tuned on the validation studies and stored in the weights: lesion probability > "
         f"{card['postprocessing']['threshold']}, lesions of at least {card['postprocessing']['min_lesion_voxels']} "
-        "voxels (the server reads both back from the weights it serves).",
+        f"voxels, {mirroring(card['postprocessing'])} (the server reads them back from the weights it serves).",
         f"- Took {card['seconds'] / 60:.1f} min on {card['machine']} ({card['patches_per_second']:.2f} patches/s).",
         *([f"- Note: {card['note']}."] if card.get("note") else []),
         "",
@@ -131,6 +131,14 @@ def write_randomised_card(task: str, card: dict, path: Path) -> None:
         ]
     lines.append(f"Generated {card['generated']}.")
     path.write_text("\n".join(lines) + "\n")
+
+
+def mirroring(postprocessing: dict) -> str:
+    """The test-time mirroring of stored post-processing, in words."""
+    axes = postprocessing.get("mirror_axes") or ()
+    names = {0: "left-right", 1: "front-back", 2: "up-down"}
+    return ("logits averaged with the " + " and ".join(names[a] for a in axes) + " mirrored study") if axes else \
+        "no test-time mirroring"
 
 
 def write_model_card(task: str, card: dict, path: Path) -> None:
@@ -316,6 +324,43 @@ def _tuned_choice(network: torch.nn.Module, states: list[dict], val_items: list[
     return best
 
 
+def validation_items(task: str, data: Path, seed: int, recipe) -> list[dict]:
+    """The budgeted pretraining's validation studies (MS phantoms of seeds of their own, cached under ``data``)."""
+    return randomised_items(data, "ms", VALIDATION_SUBJECTS, seed + 5000, recipe, RANDOMISED_SESSIONS[task])
+
+
+def retune_published(task: str, run_dir: Path, seed: int, out_dir: Path) -> dict:
+    """Re-tunes the stored post-processing (test-time mirroring, threshold, minimum lesion size) of published
+    weights on their pretraining's validation studies, without training (``--retune``: after the tuning grid
+    grows). The weights are rewritten with it, and their card's post-processing and validation figures."""
+    target = out_dir / f"{task}.pt"
+    meta = weights.load_metadata(target)
+    recipe = from_checkpoint(RECIPES[task], meta)
+    recipe = recipe if torch.cuda.is_available() else for_cpu_pretraining(recipe)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    network = lesion_unet(recipe)
+    state = weights.load_state(target)
+    _, tuned, scores = _tuned_choice(network, [state], validation_items(task, run_dir / "data", seed, recipe),
+                                     recipe, device)
+    recipe = replace(recipe, **tuned)
+    weights.save_state(state, target, half=True, metadata={**meta, "recipe": recipe.as_dict(),
+                                                           "postprocessing": postprocessing(recipe),
+                                                           "validation": scores})
+    card_path = out_dir / f"{task}.json"
+    card = json.loads(card_path.read_text())
+    before = card["postprocessing"]
+    note = (f"post-processing re-tuned on the same validation studies on {time.strftime('%Y-%m-%d')} (`--retune`, "
+            f"weights unchanged): before p > {before['threshold']}, >= {before['min_lesion_voxels']} voxels, "
+            f"{mirroring(before)}, validation F1 {card['evaluation_ms_phantoms']['f1']:.3f}; now "
+            f"{scores['f1']:.3f}")
+    card.update({"postprocessing": tuned, "evaluation_ms_phantoms": scores,
+                 "recipe": {k: v for k, v in recipe.as_dict().items() if k != "extra"},
+                 "note": "; ".join(n for n in (card.get("note"), note) if n)})
+    card_path.write_text(json.dumps(card, indent=1, default=str) + "\n")
+    write_model_card(task, card, out_dir / f"{task}.md")
+    return card
+
+
 def pretrain_budgeted(task: str, budget_min: float, run_dir: Path, resume: bool, seed: int, out_dir: Path,
                       init_from: Path | None = None, finalise: bool = False) -> dict:
     """Domain-randomised pretraining within a wall-clock budget, checkpointed and resumable (module docstring)."""
@@ -328,7 +373,7 @@ def pretrain_budgeted(task: str, budget_min: float, run_dir: Path, resume: bool,
     train_items, val_items = [], []
     for i, (cohort, subjects) in enumerate(RANDOMISED_COHORTS[task].items()):
         train_items += randomised_items(data, cohort, subjects, seed + 10 * i, recipe, RANDOMISED_SESSIONS[task])
-    val_items = randomised_items(data, "ms", VALIDATION_SUBJECTS, seed + 5000, recipe, RANDOMISED_SESSIONS[task])
+    val_items = validation_items(task, data, seed, recipe)
     manifest = {"cohorts": RANDOMISED_COHORTS[task], "seed": seed, "validation": VALIDATION_SUBJECTS,
                 "train": len(train_items), "val": len(val_items)}
     recipe_dict = recipe.as_dict()
@@ -412,10 +457,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy box)")
     parser.add_argument("--finalise", action="store_true",
                         help="publish the best weights of a stopped budgeted run from its checkpoint, as they are")
+    parser.add_argument("--retune", action="store_true",
+                        help="re-tune the post-processing stored in --out's TASK weights on the validation studies "
+                        "of --run-dir (no training)")
     args = parser.parse_args(argv)
     np.set_printoptions(precision=3)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.retune:
+        if args.run_dir is None:
+            parser.error("--retune needs --run-dir (where the validation studies are cached)")
+        card = retune_published(args.task, args.run_dir, args.seed, args.out)
+        print(json.dumps({k: card[k] for k in ("task", "postprocessing", "evaluation_ms_phantoms")}, default=str))
+        return
     if args.budget_min:
         if args.run_dir is None:
             parser.error("--budget-min needs --run-dir (where the cohorts and checkpoints live)")

@@ -39,6 +39,9 @@ class Recipe:
     sw_overlap: float = 0.25
     sw_batch_size: int = 1
     min_lesion_voxels: int = 3              # smaller answered components are dropped (tuned, stored)
+    # test-time augmentation: spatial axes (of the RAS grid the model works on) along which the mirrored study is
+    # predicted too and the logits averaged; chosen on validation with the threshold and stored with the weights
+    mirror_axes: tuple[int, ...] = ()
     score_min_voxels: int = 3               # true lesions smaller than this are not counted by the metrics
     min_labelled_studies: int = 2           # one to train on and one to validate with
     val_fraction: float = 0.2
@@ -83,7 +86,7 @@ ARCHITECTURE_FIELDS = ("inputs", "channels", "norm", "dropout", "with_followup")
 #: Architecture fields added after weights were first published: a stored recipe without one was made with this.
 LATER_ARCHITECTURE_DEFAULTS = {"with_followup": False}
 #: Fields tuned on validation after training and stored with the weights (read back at inference).
-POSTPROCESSING_FIELDS = ("threshold", "min_lesion_voxels")
+POSTPROCESSING_FIELDS = ("threshold", "min_lesion_voxels", "mirror_axes")
 
 
 def input_channels(recipe: Recipe) -> int:
@@ -94,6 +97,12 @@ def input_channels(recipe: Recipe) -> int:
 
 def postprocessing(recipe: Recipe) -> dict:
     return {k: getattr(recipe, k) for k in POSTPROCESSING_FIELDS}
+
+
+def _typed(recipe: Recipe, field_name: str, value):
+    """A stored (JSON) value as the type of the recipe's field (lists back to tuples of ints)."""
+    current = getattr(recipe, field_name)
+    return tuple(int(v) for v in value) if isinstance(current, tuple) else type(current)(value)
 
 
 def from_checkpoint(recipe: Recipe, meta: dict) -> Recipe:
@@ -107,7 +116,7 @@ def from_checkpoint(recipe: Recipe, meta: dict) -> Recipe:
            for k in ARCHITECTURE_FIELDS if k in stored and k != "inputs"}
     if stored:
         own.update({k: v for k, v in LATER_ARCHITECTURE_DEFAULTS.items() if k not in stored})
-    own.update({k: type(getattr(recipe, k))(v) for k, v in (meta.get("postprocessing") or {}).items()
+    own.update({k: _typed(recipe, k, v) for k, v in (meta.get("postprocessing") or {}).items()
                 if k in POSTPROCESSING_FIELDS})
     return replace(recipe, **own)
 
