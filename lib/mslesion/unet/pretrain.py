@@ -8,8 +8,9 @@ With ``--budget-min`` the run is long, unattended and resumable: the training co
 phantoms (every subject its own acquisition and appearance, phantoms/randomise.py) cached under the run
 directory; the learning-rate curve is planned from the measured step rate and the budget; the whole training
 state is checkpointed atomically after every epoch and on SIGTERM, and ``--resume`` continues the same curve
-(refusing a run directory made with another recipe or data). At the end the threshold and minimum lesion size
-are tuned on the validation studies and stored in the published weights with the recipe.
+(refusing a run directory made with another recipe or data). At the end the test-time mirroring, threshold and
+minimum lesion size are tuned on the validation studies and stored in the published weights with the recipe
+(``--retune`` does only that, for published weights).
 
 Each default is trained on non-MS pathology, as the transfer-learning method prescribes, with the best epoch
 picked on held-out studies of those same cohorts, then evaluated on MS phantoms it never saw:
