@@ -56,8 +56,8 @@ class LesionSegmentationInfer(ReportsGpuPeak, BasicInferTask):
         self._tuned: tuple[tuple, Recipe] | None = None
 
     def tuned_recipe(self) -> Recipe:
-        """The recipe with the post-processing (mirroring, threshold, minimum lesion size) stored in the weights being served,
-        re-read when training publishes new ones."""
+        """The recipe with the post-processing (mirroring, threshold, minimum lesion size) stored in the weights
+        being served, re-read when training publishes new ones."""
         path = self.get_path()
         if not path or not os.path.exists(path):
             return self.recipe
