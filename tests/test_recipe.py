@@ -266,3 +266,30 @@ def test_weights_say_which_network_they_are(tmp_path):
     lesion_unet(read).load_state_dict(weights.load_state(path))  # strict: every tensor fits
     with pytest.raises(ValueError, match="enhancement reads"):
         from_checkpoint(ENHANCEMENT, weights.load_metadata(path))
+
+
+def test_retune_rewrites_only_the_post_processing_of_published_weights(tiny_items, tmp_path, monkeypatch):
+    """``pretrain --retune``: the stored mirroring, threshold and minimum size are tuned again on the validation
+    studies and written back with the weights and their card; the weights themselves are unchanged."""
+    from mslesion.unet import pretrain
+
+    torch.manual_seed(0)
+    state = lesion_unet(FLAIR_LESION).state_dict()
+    target = tmp_path / "flair_lesion.pt"
+    before = {"threshold": 0.3, "min_lesion_voxels": 45}
+    weights.save_state(state, target, half=True, metadata={"recipe": FLAIR_LESION.as_dict(), "postprocessing": before})
+    (tmp_path / "flair_lesion.json").write_text(json.dumps({"postprocessing": before,
+                                                            "evaluation_ms_phantoms": {"f1": 0.0}}))
+    monkeypatch.setattr(pretrain, "validation_items", lambda *args: tiny_items[:1])
+    monkeypatch.setattr(pretrain, "write_model_card", lambda *args: None)
+    card = pretrain.retune_published("flair_lesion", tmp_path / "run", 7, tmp_path)
+    meta = weights.load_metadata(target)
+    assert set(meta["postprocessing"]) == {"threshold", "min_lesion_voxels", "mirror_axes"}
+    served = from_checkpoint(FLAIR_LESION, meta)
+    tuned = card["postprocessing"]
+    assert postprocessing(served) == {**tuned, "mirror_axes": tuple(tuned["mirror_axes"])}
+    assert (served.threshold, served.min_lesion_voxels) != (0.3, 45) and meta["validation"]["studies"] == 1
+    assert "--retune" in card["note"] and "before p > 0.3, >= 45 voxels, no test-time mirroring" in card["note"]
+    reloaded = {k: v.float() for k, v in weights.load_state(target).items()}
+    halved = {k: v.half().float() if v.is_floating_point() else v for k, v in state.items()}
+    assert all(torch.equal(reloaded[k].to(halved[k].dtype), halved[k]) for k in halved)
