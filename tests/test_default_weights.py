@@ -60,7 +60,7 @@ def test_default_weights_have_a_model_card_and_carry_their_recipe():
     assert "NOT for clinical use" in text and "mslesion.pretrain" in text
     meta = weights.load_metadata(path)
     assert meta["recipe"]["task"] == "flair_lesion"
-    assert set(meta["postprocessing"]) == {"threshold", "min_lesion_voxels"}
+    assert set(meta["postprocessing"]) == {"threshold", "min_lesion_voxels", "mirror_axes"}
 
 
 def test_default_weights_find_lesions(held_out):

@@ -96,7 +96,8 @@ def input_channels(recipe: Recipe) -> int:
 
 
 def postprocessing(recipe: Recipe) -> dict:
-    return {k: getattr(recipe, k) for k in POSTPROCESSING_FIELDS}
+    """The tuned fields as stored with weights and shown in train stats (JSON types: lists, not tuples)."""
+    return {k: list(v) if isinstance(v := getattr(recipe, k), tuple) else v for k in POSTPROCESSING_FIELDS}
 
 
 def _typed(recipe: Recipe, field_name: str, value):
