@@ -36,11 +36,11 @@ NEW_ACTIVE_PROB = 0.6
 OLD_REACTIVATION_PROB = 0.1
 #: Share of enhancing lesions with ring (vs nodular) enhancement; smaller lesions always enhance nodular.
 RING_PROB = 0.25
+RING_MIN_RADIUS_MM = 2.5
 #: The "ms_active" cohort (MS in relapse): every session makes about this share of its lesions enhance (at least
 #: one). Training cohorts for the enhancement U-Net use it: at the natural rate (~1 enhancing lesion per session,
 #: many sessions none) 76 training studies hold too few enhancing lesions to generalise from.
 ACTIVE_COHORT_SHARE = 0.25
-RING_MIN_RADIUS_MM = 2.5
 
 
 @dataclass

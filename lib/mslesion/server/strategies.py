@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import time
+from dataclasses import replace
 
 import torch
 from monai.transforms import Compose
@@ -32,7 +33,7 @@ from .leases import LEASES
 
 logger = logging.getLogger(__name__)
 
-FLIPS = ((), (2,), (3,), (4,))  # identity, then a mirror along each spatial axis of a (B, C, x, y, z) batch
+MIRROR_AXES = (0, 1, 2)  # the study, then its mirror along each spatial axis
 
 
 def unlabelled_images(datastore: Datastore, sequence: str = FLAIR) -> list[str]:
@@ -46,18 +47,13 @@ def unlabelled_images(datastore: Datastore, sequence: str = FLAIR) -> list[str]:
 
 
 @torch.no_grad()
-def flip_uncertainty(infer_task, image_path: str, device: str = "cpu", flips=FLIPS) -> float:
+def flip_uncertainty(infer_task, image_path: str, device: str = "cpu", mirror_axes=MIRROR_AXES) -> float:
     """Mean variance of the lesion probability across mirrored passes, over voxels any pass calls lesion."""
     data = Compose(infer_task.pre_transforms({"device": device}))({"image": image_path, "device": device})
     network = infer_task._get_network(device, data)
-    inferer = amp_sliding_window(infer_task.recipe)
+    inferer = amp_sliding_window(replace(infer_task.recipe, mirror_axes=tuple(mirror_axes)))
     image = data["image"][None].to(device)
-    probabilities = []
-    for dims in flips:
-        x = image.flip(dims) if dims else image
-        p = torch.softmax(inferer(x, network), dim=1)[:, 1]
-        probabilities.append(p.flip([d - 1 for d in dims]) if dims else p)
-    stack = torch.stack(probabilities)
+    stack = torch.stack([torch.softmax(logits, dim=1)[:, 1] for logits in inferer.passes(image, network)])
     lesion = (stack > 0.5).any(dim=0)
     return float(stack.var(dim=0)[lesion].mean()) if lesion.any() else 0.0
 

@@ -20,7 +20,7 @@ from monai.data import Dataset
 from monai.transforms import Compose
 
 from ..metrics import count_scores, lesion_scores, pooled_scores, without_small_lesions
-from .inference import lesion_margin, predict_logits
+from .inference import averaged, lesion_margin, predict_logits, predict_passes
 from .recipes import Recipe, postprocessing
 from .transforms import IMAGE, LABEL, preprocess
 
@@ -70,6 +70,20 @@ def candidate_margins(network: torch.nn.Module, studies, recipe: Recipe, lowest:
     return [cropped_to_candidates(t, m, lowest) for t, m in study_margins(network, studies, recipe)]
 
 
+def candidate_margins_by_mirroring(network: torch.nn.Module, studies, recipe: Recipe, lowest: float) -> dict:
+    """candidate_margins for each of MIRROR_CHOICES, from one preprocessing of each study and one network pass per
+    mirror: the unmirrored pass is shared by every choice, and each choice averages the passes it names."""
+    axes = tuple(sorted({axis for choice in MIRROR_CHOICES for axis in choice}))
+    out: dict[tuple[int, ...], list] = {choice: [] for choice in MIRROR_CHOICES}
+    for study in studies:
+        plain, *mirrored = predict_passes(network, study[IMAGE], replace(recipe, mirror_axes=axes), grow_window=True)
+        truth = study[LABEL][0].cpu().numpy()
+        for choice in MIRROR_CHOICES:
+            logits = averaged([plain, *(mirrored[axes.index(axis)] for axis in choice)])
+            out[choice].append(cropped_to_candidates(truth, lesion_margin(logits)[0], lowest))
+    return out
+
+
 def study_score(truth: np.ndarray, margin: torch.Tensor, threshold: float, min_voxels: int, recipe: Recipe):
     """Lesion-wise scores of one study's margin under one post-processing."""
     return lesion_scores(truth, predicted_mask(margin, threshold, min_voxels), recipe.score_min_voxels)
@@ -113,9 +127,9 @@ def tune_postprocessing(network: torch.nn.Module, studies, recipe: Recipe) -> tu
     """The test-time mirroring, threshold and minimum lesion size with the best pooled F1 on validation studies, and
     that score (mirroring only when it scores strictly better: it doubles the network time)."""
     best: tuple[dict, dict] | None = None
-    for mirror_axes in MIRROR_CHOICES:
-        mirrored = replace(recipe, mirror_axes=mirror_axes)
-        tuned, scores = best_postprocessing(candidate_margins(network, studies, mirrored, min(THRESHOLDS)), mirrored)
+    by_mirroring = candidate_margins_by_mirroring(network, studies, recipe, min(THRESHOLDS))
+    for mirror_axes, margins in by_mirroring.items():  # MIRROR_CHOICES' order: unmirrored first, kept on a tie
+        tuned, scores = best_postprocessing(margins, replace(recipe, mirror_axes=mirror_axes))
         if best is None or scores["f1"] > best[1]["f1"]:
             best = ({**tuned, "mirror_axes": mirror_axes}, scores)
     return best
