@@ -284,3 +284,26 @@ def test_the_ms_active_cohort_shows_many_more_enhancing_lesions():
     assert all(enhancing >= 1 for enhancing, _ in active)
     assert all(enhancing < lesions for enhancing, lesions in active)
     assert sum(e for e, _ in active) >= 3 * sum(e for e, _ in counts["ms"])
+
+
+def test_the_ms_relapse_cohort_brings_several_new_and_enlarging_lesions_at_every_follow_up():
+    """The new-lesion U-Net's training cohort: every follow-up has 3-8 new lesions (the natural course gives 0-4,
+    often none) and more enlarging old ones, the look-alikes that must stay label 1."""
+    from mslesion.phantoms.anatomy import load_anatomy
+    from mslesion.phantoms.cohorts import cohort_sessions
+    from mslesion.phantoms.deformation import random_warp
+    from mslesion.phantoms.ms import RELAPSE_NEW_LESIONS
+
+    anat, counts = load_anatomy(), {}
+    for cohort in ("ms", "ms_relapse"):
+        counts[cohort] = []
+        for seed in range(4):
+            warp = random_warp(np.random.default_rng(100 + seed))
+            _, sessions = cohort_sessions(cohort, np.random.default_rng(seed), anat, warp, 3, np.random.default_rng(7))
+            for session in sessions[1:]:
+                records = [b.record for b in session.blobs if b.record and b.record["kind"] == "ms"]
+                counts[cohort].append((sum(r["new"] for r in records), sum(r["enlarging"] for r in records)))
+    relapse = counts["ms_relapse"]
+    assert all(RELAPSE_NEW_LESIONS[0] <= new <= RELAPSE_NEW_LESIONS[1] for new, _ in relapse)
+    assert sum(new for new, _ in relapse) >= 2 * sum(new for new, _ in counts["ms"])
+    assert sum(grown for _, grown in relapse) > sum(grown for _, grown in counts["ms"])

@@ -79,6 +79,12 @@ def _ms_active(rng, anat, warp, n_sessions, signs_rng):
     return warp, [SessionPathology(blobs=b) for b in sessions]
 
 
+def _ms_relapse(rng, anat, warp, n_sessions, signs_rng):
+    """MS with a relapse before every follow-up: several new lesions and more enlarging ones (ms.RELAPSE_*)."""
+    sessions = ms_sessions(rng, anat, warp, n_sessions, signs_rng, relapse=True)
+    return warp, [SessionPathology(blobs=b) for b in sessions]
+
+
 def _healthy(rng, anat, warp, n_sessions, signs_rng):
     """No lesion at all: what a model must leave empty."""
     return warp, [SessionPathology() for _ in range(n_sessions)]
@@ -240,4 +246,5 @@ COHORT_MAKERS = {
     "glioma_change": lambda rng, anat, warp, n, signs: _glioma(rng, anat, warp, n, grows=True),
     "metastasis": _same_every_session(make_blobs=_metastases),
     "healthy": _healthy,
+    "ms_relapse": _ms_relapse,
 }

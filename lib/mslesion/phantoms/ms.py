@@ -41,6 +41,12 @@ RING_MIN_RADIUS_MM = 2.5
 #: one). Training cohorts for the enhancement U-Net use it: at the natural rate (~1 enhancing lesion per session,
 #: many sessions none) 76 training studies hold too few enhancing lesions to generalise from.
 ACTIVE_COHORT_SHARE = 0.25
+#: The "ms_relapse" cohort (a relapse between visits): every follow-up brings this many new lesions (uniform) and
+#: old lesions enlarge with RELAPSE_ENLARGE_PROB. Training cohorts for the new-lesion U-Net use it: at the natural
+#: rate (~1.8 new lesions per follow-up) 72 training studies hold ~130 new lesions, and enlarging old lesions (the
+#: look-alikes the model must leave alone: label 1, not 2) are rare too.
+RELAPSE_NEW_LESIONS = (3, 8)
+RELAPSE_ENLARGE_PROB = 0.3
 
 
 @dataclass
@@ -149,11 +155,13 @@ def _new_lesion(rng: np.random.Generator, anat: Anatomy, warp: SubjectWarp, lesi
 
 
 def ms_sessions(rng: np.random.Generator, anat: Anatomy, warp: SubjectWarp, n_sessions: int,
-                signs_rng: np.random.Generator | None = None, active_share: float | None = None) -> list[list[Blob]]:
+                signs_rng: np.random.Generator | None = None, active_share: float | None = None,
+                relapse: bool = False) -> list[list[Blob]]:
     """Blobs (painting order) of every session of one MS subject. With ``signs_rng`` (the randomised generator)
     the non-contrast signs of activity are drawn per subject and per lesion (activity.py) from that stream; the
     lesions and which of them enhance come from ``rng`` as without it. ``active_share``: each lesion enhances
-    with this probability in every session (at least one per session) instead of the natural course."""
+    with this probability in every session (at least one per session) instead of the natural course. ``relapse``:
+    every follow-up brings RELAPSE_NEW_LESIONS new lesions and more old ones enlarge (RELAPSE_ENLARGE_PROB)."""
     profile: SignProfile | None = random_sign_profile(signs_rng) if signs_rng is not None else None
     lesions: list[MSLesion] = []
     target = int(rng.integers(LESION_COUNT[0], LESION_COUNT[1] + 1))
@@ -164,15 +172,17 @@ def ms_sessions(rng: np.random.Generator, anat: Anatomy, warp: SubjectWarp, n_se
         if les is not None:
             lesions.append(les)
 
+    enlarge_prob = RELAPSE_ENLARGE_PROB if relapse else ENLARGE_PROB
     out = []
     for session in range(n_sessions):
         enlarging: set[int] = set()
         if session > 0:
             for i, les in enumerate(lesions):
-                if rng.random() < ENLARGE_PROB:
+                if rng.random() < enlarge_prob:
                     lesions[i] = replace(les, radii=les.radii * rng.uniform(*ENLARGE_FACTOR))
                     enlarging.add(les.id)
-            n_new = int(rng.choice(len(NEW_LESION_PROBS), p=NEW_LESION_PROBS))
+            n_new = (int(rng.integers(RELAPSE_NEW_LESIONS[0], RELAPSE_NEW_LESIONS[1] + 1)) if relapse
+                     else int(rng.choice(len(NEW_LESION_PROBS), p=NEW_LESION_PROBS)))
             for _ in range(4 * n_new):
                 if sum(les.born == session for les in lesions) >= n_new:
                     break

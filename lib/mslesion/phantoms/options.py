@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..vocabulary import SEQUENCES, VOCABULARY
 
 COHORTS: tuple[str, ...] = ("ms", "glioma", "leukoencephalopathy", "small_vessel", "glioma_change", "metastasis",
-                             "healthy", "ms_active")
+                             "healthy", "ms_active", "ms_relapse")
 #: Suffixes whose images carry a label (FLAIR: 1 lesion / 2 new lesion; ce-T1w: 1 enhancing lesion).
 LABELLED_SEQUENCES: tuple[str, ...] = tuple(VOCABULARY)
 #: World axes thick slices can be stacked along (axial, sagittal, coronal), as indices of RAS.
