@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -456,3 +457,29 @@ def test_weights_with_the_previous_session_channel_are_served(tmp_path):
     assert task.recipe.previous_session
     _, result = task.infer()({"image": str(follow["FLAIR"]), "device": "cpu"})
     assert 0.0 < result["probability"] < 1.0 and len(result["slices"]) == 5
+
+
+def test_the_participant_net_learns_from_scores_of_studies_the_slice_classifier_never_saw():
+    """Slices of pure noise with random study labels: a slice classifier memorises its training studies (their
+    scores rank the labels perfectly), so a participant net fit on those scores learns nothing that transfers.
+    The out-of-fold scores it is fit on are those of classifiers that never saw the study: at chance here."""
+    from sklearn.metrics import roc_auc_score
+
+    from mslesion.enhancement_prediction.training import out_of_fold_scores, study_scores, train
+
+    recipe = replace(SMALL, scratch_epochs=40, head_epochs=0, finetune_epochs=0, participant_epochs=5)
+    rng = np.random.default_rng(0)
+    truth = rng.permutation([0, 1] * 12)
+    stacks = [{"id": f"s{i}", "subject": f"{i:02d}", "slices": rng.normal(size=(6, 3, 32, 32)).astype(np.float16),
+               "slice_truth": np.full(6, t), "slice_index": np.arange(6), "study_truth": int(t)}
+              for i, t in enumerate(truth)]
+    torch.manual_seed(0)
+    model = EnhancementPredictor(recipe)
+    initial = copy.deepcopy(model.state_dict())
+    trained = train(recipe, stacks, [], torch.device("cpu"), seed=0, model=model, stages=("scratch",)).model
+    in_sample = study_scores(trained, stacks, torch.device("cpu")).mean(1)
+    out_of_fold = out_of_fold_scores(recipe, stacks, initial, torch.device("cpu"), 0, True, ("scratch",))
+    assert roc_auc_score(truth, in_sample) >= 0.95
+    assert out_of_fold.shape == (24, 6)
+    assert roc_auc_score(truth, out_of_fold.mean(1)) <= 0.75
+    assert out_of_fold_scores(recipe, stacks[:1], initial, torch.device("cpu"), 0, True, ("scratch",)) is None

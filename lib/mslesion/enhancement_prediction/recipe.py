@@ -29,6 +29,7 @@ class PredictionRecipe:
     # participant net
     participant_hidden: int = 4
     participant_dropout: float = 0.25
+    participant_folds: int = 4                     # its slice scores come from this many out-of-fold classifiers
     # training (stage 0 is this project's addition: the small VGG has no ImageNet base to start from)
     batch_size: int = 32
     scratch_epochs: int = 40
@@ -61,7 +62,7 @@ class PredictionRecipe:
     def with_overrides(self, request: dict) -> PredictionRecipe:
         """The recipe with the schedule fields a training request may change (epochs, learning rates...)."""
         allowed = {"scratch_epochs", "head_epochs", "finetune_epochs", "participant_epochs", "scratch_lr", "head_lr",
-                   "finetune_lr", "participant_lr", "batch_size", "val_fraction"}
+                   "finetune_lr", "participant_lr", "batch_size", "val_fraction", "participant_folds"}
         changes = {k: type(getattr(self, k))(v) for k, v in request.items() if k in allowed and v is not None}
         return replace(self, **changes)
 
