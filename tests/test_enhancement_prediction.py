@@ -459,15 +459,16 @@ def test_weights_with_the_previous_session_channel_are_served(tmp_path):
     assert 0.0 < result["probability"] < 1.0 and len(result["slices"]) == 5
 
 
-def test_the_participant_net_learns_from_scores_of_studies_the_slice_classifier_never_saw():
+def test_out_of_fold_participant_scores_come_from_classifiers_that_never_saw_the_study():
     """Slices of pure noise with random study labels: a slice classifier memorises its training studies (their
     scores rank the labels perfectly), so a participant net fit on those scores learns nothing that transfers.
-    The out-of-fold scores it is fit on are those of classifiers that never saw the study: at chance here."""
+    With ``participant_folds`` (an option) it is fit on out-of-fold scores instead: at chance here, as they should."""
     from sklearn.metrics import roc_auc_score
 
     from mslesion.enhancement_prediction.training import out_of_fold_scores, study_scores, train
 
-    recipe = replace(SMALL, scratch_epochs=40, head_epochs=0, finetune_epochs=0, participant_epochs=5)
+    recipe = replace(SMALL, scratch_epochs=40, head_epochs=0, finetune_epochs=0, participant_epochs=5,
+                     participant_folds=4)
     rng = np.random.default_rng(0)
     truth = rng.permutation([0, 1] * 12)
     stacks = [{"id": f"s{i}", "subject": f"{i:02d}", "slices": rng.normal(size=(6, 3, 32, 32)).astype(np.float16),

@@ -113,7 +113,10 @@ def write_model_card(card: dict, path: Path) -> None:
         f" features, Adam lr {recipe['head_lr']}, {recipe['head_epochs']} epochs; stage 2 last convolutional block +"
         f" head, SGD lr {recipe['finetune_lr']} momentum {recipe['finetune_momentum']}, {recipe['finetune_epochs']}"
         f" epochs; minibatches 1:1 enhancing / non-enhancing; participant net Adam lr {recipe['participant_lr']},"
-        f" dropout {recipe['participant_dropout']}, {recipe['participant_epochs']} full-batch steps.",
+        f" dropout {recipe['participant_dropout']}, {recipe['participant_epochs']} full-batch steps, on"
+        + (f" out-of-fold slice scores ({recipe['participant_folds']} slice classifiers on subject folds of the"
+           " training studies, each scoring the studies it never saw; not in the paper)."
+           if recipe.get("participant_folds", 0) >= 2 else " the training studies' own slice scores (the paper's)."),
         f"- Youden-optimal thresholds on the validation studies: slice-wise {card['thresholds']['slice']:.3f},"
         f" participant-wise {card['thresholds']['participant']:.3f} (inference uses them).",
         f"- Calibration: temperature scaling of the participant logit fitted on the validation studies, T ="

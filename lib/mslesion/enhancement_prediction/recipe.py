@@ -29,7 +29,9 @@ class PredictionRecipe:
     # participant net
     participant_hidden: int = 4
     participant_dropout: float = 0.25
-    participant_folds: int = 4                     # its slice scores come from this many out-of-fold classifiers
+    # >= 2: it learns from out-of-fold slice scores of this many classifiers (training.out_of_fold_scores); 0: from
+    # the training studies' own scores (the paper's). Out-of-fold measured no better on these phantoms (2026-12-07).
+    participant_folds: int = 0
     # training (stage 0 is this project's addition: the small VGG has no ImageNet base to start from)
     batch_size: int = 32
     scratch_epochs: int = 40

@@ -6,11 +6,13 @@ Stages (Narayana et al. 2020, adapted):
   1. convolutional base frozen, dense head trained with Adam + BCE on the bottleneck features (computed once).
   2. last convolutional block + head fine-tuned with SGD (small lr, high momentum), earlier blocks frozen.
   Every slice-classifier minibatch holds as many enhancing as non-enhancing slices. Then
-  3. the participant net, Adam lr 1e-3 with dropout, on the training studies' slice scores. Those are out-of-fold
-     scores (``recipe.participant_folds``, this project's change): k slice classifiers, each trained the same way on
-     the other folds' subjects, score the studies they never saw. Scores of the studies the classifier trained on
-     are not what it gives a new study, and a participant net fit on them does not transfer (shifted participant
-     AUC 0.56 in-sample vs 0.64 out-of-fold, 2026-12-07).
+  3. the participant net, Adam lr 1e-3 with dropout, on the training studies' slice scores. With
+     ``recipe.participant_folds`` >= 2 (an option, not the default) those are out-of-fold scores: k slice
+     classifiers, each trained the same way on the other folds' subjects, score the studies they never saw (the
+     scores of studies a classifier trained on are not what it gives a new study). Measured 2026-12-07 on the
+     randomised phantoms it made no reliable difference (shifted participant AUC 0.54-0.64 against 0.56 in-sample,
+     depending on the folds; fixture 0.44 against 0.78): the slice scores hold too little participant-level
+     signal for their read to matter (docs/enhancement_prediction.md).
 The epoch of stages 0 and 2 with the best validation slice-wise AUC is kept; on the validation studies the
 participant logit's temperature is fitted (calibration.py), then the Youden-optimal thresholds (slice-wise, and
 participant-wise on the calibrated probability) are found.
