@@ -255,7 +255,7 @@ def pretrain(task: str, subjects: int, epochs: int | None, schedule: str, seed: 
 RANDOMISED_COHORTS = {
     "flair_lesion": {"ms": 40, "small_vessel": 4, "leukoencephalopathy": 4},
     "new_lesion": {"ms_relapse": 30, "glioma_change": 6},
-    "enhancement": {"ms_active": 30, "metastasis": 8},
+    "enhancement": {"ms_active": 30, "metastasis": 8, "healthy": 8},
 }
 #: 8 validation studies were noisy (val F1 jumped 0.22-0.51 between epochs); 12 cost ~5 % more time.
 VALIDATION_SUBJECTS = 12
