@@ -292,3 +292,17 @@ def test_retune_rewrites_only_the_post_processing_of_published_weights(tiny_item
     reloaded = {k: v.float() for k, v in weights.load_state(target).items()}
     halved = {k: v.half().float() if v.is_floating_point() else v for k, v in state.items()}
     assert all(torch.equal(reloaded[k].to(halved[k].dtype), halved[k]) for k in halved)
+
+
+def test_a_resumed_run_refuses_another_peak_learning_rate(tmp_path):
+    """``--lr`` is part of the recipe a checkpoint was made with: resuming with another peak lr would graft a new
+    curve onto the old one, so it is refused by name (and the same lr resumes)."""
+    from mslesion.unet.pretrain import _resumed
+
+    manifest = {"cohorts": {"ms": 2}, "seed": 7}
+    made_with = replace(FLAIR_LESION, pretrain_lr=3e-4).as_dict()
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"recipe": made_with, "manifest": manifest}, path)
+    assert _resumed(path, True, made_with, manifest)["recipe"]["pretrain_lr"] == 3e-4
+    with pytest.raises(SystemExit, match="--resume refused: the recipe"):
+        _resumed(path, True, FLAIR_LESION.as_dict(), manifest)
