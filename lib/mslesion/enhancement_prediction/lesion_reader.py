@@ -1,0 +1,247 @@
+"""A lesion-level reader of the non-contrast signs of activity: measured features per lesion, a logistic regression.
+
+    python -m mslesion.enhancement_prediction.lesion_reader --train DIR --test DIR [DIR ...] [--json F]
+
+The slice classifier scores 3 mm slices; the signs of activity (phantoms/activity.py, and the radiology behind it)
+belong to lesions: a lesion brighter on T2/FLAIR than the subject's other lesions, a faint oedema halo, T1
+iso-intensity rather than a black hole, an ill-defined margin. This reader measures those on each connected lesion
+of the mask, on the FLAIR's RAS 1 mm grid after ``slices.load_study`` (each sequence z-scored over the head):
+
+- contrast on FLAIR, T2w and T1w against the median of a shell 3-7 mm around the lesion (normal tissue, other
+  lesions left out), in units of that shell's robust spread;
+- halo: the mean of a 0-2 mm shell against the same far shell (FLAIR, T2w, T1w);
+- margin: mean FLAIR gradient on the lesion's boundary over its contrast (low: ill-defined), and the core-minus-rim
+  difference on FLAIR and T2w;
+- size (log voxels) and the spread of FLAIR and T1w inside the lesion;
+- the same contrast, halo and margin features relative to the median lesion of the study (a subject's lesions share
+  its lesion contrast; activity shows as a lesion that stands out from its neighbours).
+
+A standardised logistic regression (scikit-learn, fitted offline) scores each lesion; a study is called by its
+lesions with a noisy-OR, p = 1 - prod(1 - p_i), whose logit is temperature-scaled on validation subjects
+(calibration.fit_temperature). The CLI fits it on one phantom cohort (``data.phantom_cohort`` folders) and scores
+others with participant bootstrap CIs, so the reader can be compared with the slice model and with ``ceiling``'s
+ideal reader on the same studies. Feature tables are cached per study under each cohort's ``lesion_tables/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from .calibration import bootstrap_auc, brier, calibrated, fit_temperature
+from .roc import auc
+
+FEATURES = ("flair_contrast", "t2_contrast", "t1_contrast", "flair_halo", "t2_halo", "t1_halo", "flair_edge",
+            "flair_core_rim", "t2_core_rim", "log_voxels", "flair_spread", "t1_spread")
+#: Features also given relative to the study's median lesion.
+RELATIVE = ("flair_contrast", "t2_contrast", "t1_contrast", "flair_halo", "t2_halo", "flair_edge", "t2_core_rim",
+            "flair_spread")
+NEAR_MM = 2.0            # the halo shell: 0-2 mm outside the lesion
+FAR_MM = (3.0, 7.0)      # the reference shell of normal tissue
+MIN_REFERENCE_VOXELS = 10
+MIN_ENHANCING_OVERLAP = 3  # voxels of the post-contrast label that make a lesion enhancing (training truth)
+
+
+def _robust(values: np.ndarray) -> tuple[float, float]:
+    """Median and a floor-bounded robust spread (1.4826 MAD + 0.05: z-scored images, never zero)."""
+    centre = float(np.median(values))
+    return centre, float(1.4826 * np.median(np.abs(values - centre)) + 0.05)
+
+
+def lesion_table(flair: np.ndarray, t1: np.ndarray, t2: np.ndarray, lesion: np.ndarray,
+                 enhancing: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per connected lesion (26-connected) of ``lesion``: ``features`` (L, len(FEATURES)), ``centroid`` (L, 3)
+    voxel, ``voxels`` (L,), and with the post-contrast label ``enhancing`` (L,) 0/1. Lesions with too little normal
+    tissue around them to measure against are left out."""
+    mask = np.asarray(lesion) > 0
+    components, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    images = {"flair": np.asarray(flair), "t2": np.asarray(t2), "t1": np.asarray(t1)}
+    pad = int(FAR_MM[1]) + 1
+    rows, centroids, sizes, truth = [], [], [], []
+    for number, box in enumerate(ndimage.find_objects(components), start=1):
+        if box is None:
+            continue
+        window = tuple(slice(max(b.start - pad, 0), min(b.stop + pad, n)) for b, n in zip(box, mask.shape,
+                                                                                           strict=True))
+        own = components[window] == number
+        others = mask[window] & ~own
+        outside = ndimage.distance_transform_edt(~own)
+        inside = ndimage.distance_transform_edt(own)
+        near = (outside > 0) & (outside <= NEAR_MM) & ~others
+        far = (outside > FAR_MM[0]) & (outside <= FAR_MM[1]) & ~others
+        if far.sum() < MIN_REFERENCE_VOXELS:
+            continue
+        rim, core = own & (inside <= 1), own & (inside > 1)
+        boundary = own & ~ndimage.binary_erosion(own)
+        f = {}
+        for name, image in images.items():
+            values = image[window]
+            centre, spread = _robust(values[far])
+            f[f"{name}_contrast"] = (values[own].mean() - centre) / spread
+            f[f"{name}_halo"] = (values[near].mean() - centre) / spread if near.any() else 0.0
+            if name in ("flair", "t1"):
+                f[f"{name}_spread"] = values[own].std() / spread
+            if name in ("flair", "t2"):
+                lift = max(values[own].mean() - centre, 1e-3)
+                f[f"{name}_core_rim"] = (values[core].mean() - values[rim].mean()) / lift if core.any() else 0.0
+                if name == "flair":
+                    gradient = np.sqrt(sum(g * g for g in np.gradient(values)))
+                    f["flair_edge"] = gradient[boundary].mean() / lift
+        f["log_voxels"] = float(np.log(own.sum()))
+        rows.append([float(f[k]) for k in FEATURES])
+        centroids.append(np.argwhere(own).mean(axis=0) + [w.start for w in window])
+        sizes.append(int(own.sum()))
+        if enhancing is not None:
+            truth.append(int((np.asarray(enhancing)[window][own] > 0).sum() >= MIN_ENHANCING_OVERLAP))
+    table = {"features": np.array(rows, dtype=np.float32).reshape(-1, len(FEATURES)),
+             "centroid": np.array(centroids, dtype=np.float32).reshape(-1, 3),
+             "voxels": np.array(sizes, dtype=np.int64)}
+    if enhancing is not None:
+        table["enhancing"] = np.array(truth, dtype=np.int64)
+    return table
+
+
+def design(features: np.ndarray) -> np.ndarray:
+    """The reader's inputs: the features and, for RELATIVE, each minus the study's median lesion."""
+    features = np.asarray(features, dtype=np.float64).reshape(-1, len(FEATURES))
+    columns = [FEATURES.index(name) for name in RELATIVE]
+    relative = features[:, columns] - (np.median(features[:, columns], axis=0) if len(features) else 0.0)
+    return np.concatenate([features, relative], axis=1)
+
+
+def noisy_or_logit(lesion_logits: np.ndarray) -> float:
+    """logit of 1 - prod(1 - sigmoid(l_i)), computed in log space; a study without lesions scores very low."""
+    lesion_logits = np.asarray(lesion_logits, dtype=np.float64)
+    if lesion_logits.size == 0:
+        return -20.0
+    log_none = -np.sum(np.logaddexp(0.0, lesion_logits))  # log prod(1 - p_i)
+    log_none = min(log_none, -1e-12)
+    return float(np.log(-np.expm1(log_none)) - log_none)
+
+
+class LesionReader:
+    """Standardisation + logistic regression coefficients + the study logit's temperature (plain arrays, so they
+    can be stored with weights or as JSON)."""
+
+    def __init__(self, mean: np.ndarray, scale: np.ndarray, coef: np.ndarray, intercept: float,
+                 temperature: float = 1.0):
+        self.mean, self.scale = np.asarray(mean, dtype=np.float64), np.asarray(scale, dtype=np.float64)
+        self.coef, self.intercept = np.asarray(coef, dtype=np.float64), float(intercept)
+        self.temperature = float(temperature)
+
+    def lesion_logits(self, features: np.ndarray) -> np.ndarray:
+        return ((design(features) - self.mean) / self.scale) @ self.coef + self.intercept
+
+    def study_logit(self, features: np.ndarray) -> float:
+        return noisy_or_logit(self.lesion_logits(features))
+
+    def as_dict(self) -> dict:
+        return {"features": list(FEATURES), "relative": list(RELATIVE), "mean": self.mean.tolist(),
+                "scale": self.scale.tolist(), "coef": self.coef.tolist(), "intercept": self.intercept,
+                "temperature": self.temperature}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LesionReader:
+        if list(d["features"]) != list(FEATURES) or list(d["relative"]) != list(RELATIVE):
+            raise ValueError("this lesion reader was fitted on other features; fit it again")
+        return cls(d["mean"], d["scale"], d["coef"], d["intercept"], d["temperature"])
+
+
+def fit_reader(tables: list[dict], validation: list[dict] | None = None, c: float = 1.0) -> LesionReader:
+    """Fits the lesion-wise logistic regression on ``tables`` (each with ``enhancing``), and the study logit's
+    temperature on ``validation`` tables (never on the fitting ones; left at 1 without them)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([design(t["features"]) for t in tables])
+    y = np.concatenate([t["enhancing"] for t in tables])
+    if len(set(y.tolist())) < 2:
+        raise ValueError("the reader needs enhancing and non-enhancing lesions to fit")
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    model = LogisticRegression(C=c, max_iter=5000).fit((x - mean) / scale, y)
+    reader = LesionReader(mean, scale, model.coef_[0], model.intercept_[0])
+    if validation:
+        truth = np.array([int(t["enhancing"].any()) for t in validation])
+        reader.temperature = fit_temperature(truth, np.array([reader.study_logit(t["features"])
+                                                              for t in validation]))
+    return reader
+
+
+def cohort_tables(folder: Path) -> list[dict]:
+    """The lesion table of every study of a ``data.phantom_cohort`` folder (cached under ``lesion_tables/``), with
+    ``id``, ``subject`` and the study truth ``study_truth`` (any enhancing lesion)."""
+    from monai.transforms import Compose
+
+    from ..studies import T1, T2
+    from ..unet.transforms import IMAGE
+    from .data import LabelledStudy
+    from .recipe import ENHANCEMENT_PREDICTION
+    from .slices import ENHANCING, LESION, load_study
+
+    folder = Path(folder)
+    cache = folder / "lesion_tables"
+    cache.mkdir(exist_ok=True)
+    out = []
+    for flair in sorted((folder / "studies").glob("*_FLAIR.nii.gz")):
+        study_id = flair.name.removesuffix("_FLAIR.nii.gz")
+        cached = cache / f"{study_id}.npz"
+        if cached.exists():
+            with np.load(cached) as saved:
+                table = {k: saved[k] for k in saved.files}
+        else:
+            study = LabelledStudy.from_folder(study_id, folder / "studies", folder / "truth")
+            d = Compose(load_study(ENHANCEMENT_PREDICTION, with_lesion=True, with_truth=True))(dict(study.paths))
+            table = lesion_table(*(np.asarray(d[k])[0] for k in (IMAGE, T1, T2, LESION, ENHANCING)))
+            np.savez_compressed(cached, **table)
+        out.append({**table, "id": study_id, "subject": study_id.split("_")[0],
+                    "study_truth": int(table["enhancing"].any())})
+    return out
+
+
+def score(reader: LesionReader, tables: list[dict], group: str = "") -> dict:
+    """Lesion-wise AUC, participant-wise AUC (bootstrap CI by subject) and Brier of the calibrated answer."""
+    lesion_truth = np.concatenate([t["enhancing"] for t in tables])
+    lesion_scores = np.concatenate([reader.lesion_logits(t["features"]) for t in tables])
+    truth = np.array([t["study_truth"] for t in tables])
+    logits = np.array([reader.study_logit(t["features"]) for t in tables])
+    probability = calibrated(logits, reader.temperature)
+    return {"studies": len(tables), "enhancing_studies": int(truth.sum()), "lesions": int(lesion_truth.size),
+            "enhancing_lesions": int(lesion_truth.sum()), "lesion_auc": auc(lesion_truth, lesion_scores),
+            "participant": bootstrap_auc(truth, logits, np.array([group + t["subject"] for t in tables])),
+            **brier(truth, probability)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .evaluate import split_validation
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", type=Path, required=True, help="training cohort folder (fits the reader)")
+    parser.add_argument("--test", type=Path, nargs="+", required=True, help="test cohort folders, each and pooled")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="training subjects kept for the temperature")
+    parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    tables = cohort_tables(args.train)
+    fit_subjects, val_subjects = split_validation(sorted({t["subject"] for t in tables}), args.val_fraction, args.seed)
+    reader = fit_reader([t for t in tables if t["subject"] in fit_subjects],
+                        [t for t in tables if t["subject"] in val_subjects])
+    report, pooled = {"reader": reader.as_dict(), "groups": {}}, []
+    for folder in args.test:
+        test = cohort_tables(folder)
+        pooled += [{**t, "subject": f"{folder.name}/{t['subject']}"} for t in test]
+        report["groups"][folder.name] = score(reader, test)
+    report["groups"]["pooled"] = score(reader, pooled)
+    for name, g in report["groups"].items():
+        p = g["participant"]
+        print(f"{name}: {g['studies']} studies ({g['enhancing_studies']} enhancing), lesion AUC {g['lesion_auc']:.3f}, "
+              f"participant AUC {p['auc']:.3f} ({p['lo']:.2f}-{p['hi']:.2f}), Brier {g['brier']:.3f} "
+              f"(base rate {g['brier_base_rate']:.3f})", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
