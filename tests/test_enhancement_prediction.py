@@ -325,10 +325,33 @@ def test_training_refuses_too_few_studies_or_one_class(tmp_path, tiny_weights):
     assert error.value.status == 422 and "with and without enhancing" in error.value.message
 
 
+def a_lesion_reader(intercept: float = -1.0):
+    """A fitted-looking lesion reader: every lesion gets sigmoid(``intercept``)."""
+    from mslesion.enhancement_prediction.lesion_reader import FEATURES, RELATIVE, LesionReader
+
+    n = len(FEATURES) + len(RELATIVE)
+    return LesionReader(np.zeros(n), np.ones(n), np.zeros(n), intercept, temperature=1.0, threshold=0.4)
+
+
+def test_with_a_lesion_reader_a_study_without_lesions_is_answered_by_it(tmp_path, tiny_weights):
+    from mslesion.enhancement_prediction.lesion_reader import attach
+
+    attach(tiny_weights, a_lesion_reader())
+    paths = write_study(tmp_path / "studies", "01", "01", enhancing=False, lesion=False)
+    _, result = config(tmp_path, tiny_weights).infer()({"image": str(paths["FLAIR"]), "device": "cpu"})
+    assert result["answered_by"] == "lesion_reader" and result["lesion_reader"] == {"lesions_read": 0, "lesions": []}
+    assert result["probability"] == 0.005 and result["decision"] == "not enhancing"  # the clip, never exactly 0
+    assert 0 <= result["participant_net"]["probability"] <= 1
+
+
 def test_training_from_saved_labels_publishes_weights_with_thresholds(tmp_path, tiny_weights):
+    """... and keeps the lesion reader of the weights it started from (the reader does not read the CNN)."""
+    from mslesion.enhancement_prediction.lesion_reader import attach, reader_in
+
     studies = tmp_path / "studies"
     for i, (subject, session) in enumerate((("01", "01"), ("01", "02"), ("02", "01"), ("02", "02"))):
         write_study(studies, subject, session, enhancing=session == "01", seed=i)
+    attach(tiny_weights, a_lesion_reader(intercept=-0.3))
     task = config(tmp_path, tiny_weights)
     stats = task.trainer()({"device": "cpu", "finetune_epochs": 1, "participant_epochs": 5}, datastore(studies))
     assert stats["status"] == "PUBLISHED"
@@ -337,6 +360,7 @@ def test_training_from_saved_labels_publishes_weights_with_thresholds(tmp_path, 
     meta = weights.load_metadata(published)
     assert set(meta["thresholds"]) == {"slice", "participant"} and meta["recipe"]["task"] == "enhancement_prediction"
     assert task.infer().get_path() == str(published)
+    assert reader_in(meta).intercept == -0.3
 
 
 # --- the shipped default weights ---------------------------------------------------------------------------------

@@ -68,6 +68,31 @@ def test_a_labelled_visit_is_judged_from_its_saved_label(server, client, root):
     assert all(any(abs(k - i) <= 1 for i in predicted) for k in marked)  # within a predicted 3 mm slice
 
 
+def test_the_lesion_reader_of_the_shipped_weights_answers_per_lesion_and_the_participant_net_stays_beside_it(
+        server, client, root):
+    """The shipped weights carry a lesion reader: it gives the headline (probability strictly inside (0, 1),
+    decision at its own threshold), names each lesion of the saved label with its probability, most suspicious
+    first, at the lesion's centre; the paper's participant net answers beside it."""
+    _, answer = answered(server, client, LABELLED)
+    assert answer["answered_by"] == "lesion_reader"
+    assert 0 < answer["probability"] < 1
+    assert answer["decision"] == ("enhancing" if answer["probability"] >= answer["threshold"] else "not enhancing")
+    net = answer["participant_net"]
+    assert 0 < net["probability"] < 1 and net["decision"] in ("enhancing", "not enhancing")
+    read = answer["lesion_reader"]
+    truth = nib.load(root / "truth" / f"{LABELLED}.nii.gz")
+    from scipy import ndimage
+
+    components, count = ndimage.label(np.asarray(truth.dataobj) > 0, structure=np.ones((3, 3, 3)))
+    assert 0 < read["lesions_read"] <= count and read["lesions"]
+    probabilities = [lesion["probability"] for lesion in read["lesions"]]
+    assert probabilities == sorted(probabilities, reverse=True) and all(0 < p < 1 for p in probabilities)
+    centres = [nib.affines.apply_affine(truth.affine, ndimage.center_of_mass(components == i))
+               for i in range(1, count + 1)]
+    for lesion in read["lesions"]:  # every named lesion is one of the saved label's, at its centre
+        assert min(np.linalg.norm(np.subtract(lesion["centroid_mm"], c)) for c in centres) < 2.0
+
+
 def test_an_unlabelled_visit_falls_back_to_flair_lesion(server, client):
     _, answer = answered(server, client, UNLABELLED)
     assert answer["lesion_mask_source"] == "flair_lesion prediction"

@@ -27,13 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from .calibration import bootstrap_auc, brier, calibrated, fit_temperature
-from .roc import auc
+from .roc import auc, figures, youden_threshold
+
+logger = logging.getLogger(__name__)
 
 FEATURES = ("flair_contrast", "t2_contrast", "t1_contrast", "flair_halo", "t2_halo", "t1_halo", "flair_edge",
             "flair_core_rim", "t2_core_rim", "log_voxels", "flair_spread", "t1_spread")
@@ -128,10 +132,10 @@ class LesionReader:
     can be stored with weights or as JSON)."""
 
     def __init__(self, mean: np.ndarray, scale: np.ndarray, coef: np.ndarray, intercept: float,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, threshold: float = 0.5):
         self.mean, self.scale = np.asarray(mean, dtype=np.float64), np.asarray(scale, dtype=np.float64)
         self.coef, self.intercept = np.asarray(coef, dtype=np.float64), float(intercept)
-        self.temperature = float(temperature)
+        self.temperature, self.threshold = float(temperature), float(threshold)
 
     def lesion_logits(self, features: np.ndarray) -> np.ndarray:
         return ((design(features) - self.mean) / self.scale) @ self.coef + self.intercept
@@ -139,21 +143,26 @@ class LesionReader:
     def study_logit(self, features: np.ndarray) -> float:
         return noisy_or_logit(self.lesion_logits(features))
 
+    def probability(self, features: np.ndarray) -> float:
+        """The calibrated, clipped study probability (what the server answers)."""
+        return float(calibrated(np.array([self.study_logit(features)]), self.temperature)[0])
+
     def as_dict(self) -> dict:
         return {"features": list(FEATURES), "relative": list(RELATIVE), "mean": self.mean.tolist(),
                 "scale": self.scale.tolist(), "coef": self.coef.tolist(), "intercept": self.intercept,
-                "temperature": self.temperature}
+                "temperature": self.temperature, "threshold": self.threshold}
 
     @classmethod
     def from_dict(cls, d: dict) -> LesionReader:
         if list(d["features"]) != list(FEATURES) or list(d["relative"]) != list(RELATIVE):
             raise ValueError("this lesion reader was fitted on other features; fit it again")
-        return cls(d["mean"], d["scale"], d["coef"], d["intercept"], d["temperature"])
+        return cls(d["mean"], d["scale"], d["coef"], d["intercept"], d["temperature"], d.get("threshold", 0.5))
 
 
 def fit_reader(tables: list[dict], validation: list[dict] | None = None, c: float = 1.0) -> LesionReader:
-    """Fits the lesion-wise logistic regression on ``tables`` (each with ``enhancing``), and the study logit's
-    temperature on ``validation`` tables (never on the fitting ones; left at 1 without them)."""
+    """Fits the lesion-wise logistic regression on ``tables`` (each with ``enhancing``), and on ``validation``
+    tables (never the fitting ones) the study logit's temperature and the Youden threshold of the calibrated
+    probability (left at 1 and 0.5 without them)."""
     from sklearn.linear_model import LogisticRegression
 
     x = np.concatenate([design(t["features"]) for t in tables])
@@ -165,9 +174,56 @@ def fit_reader(tables: list[dict], validation: list[dict] | None = None, c: floa
     reader = LesionReader(mean, scale, model.coef_[0], model.intercept_[0])
     if validation:
         truth = np.array([int(t["enhancing"].any()) for t in validation])
-        reader.temperature = fit_temperature(truth, np.array([reader.study_logit(t["features"])
-                                                              for t in validation]))
+        logits = np.array([reader.study_logit(t["features"]) for t in validation])
+        reader.temperature = fit_temperature(truth, logits)
+        reader.threshold = youden_threshold(truth, calibrated(logits, reader.temperature))
     return reader
+
+
+#: Where weights carry a fitted reader: their metadata, under this key (the reader does not depend on the CNN).
+METADATA_KEY = "lesion_reader"
+
+
+def reader_in(metadata: dict) -> LesionReader | None:
+    """The reader stored with weights, or None (weights from before the reader, or fitted on other features)."""
+    stored = metadata.get(METADATA_KEY)
+    if not stored:
+        return None
+    try:
+        return LesionReader.from_dict(stored)
+    except (KeyError, ValueError) as error:
+        logger.warning("ignoring the lesion reader stored with these weights: %s", error)
+        return None
+
+
+def attach(path: Path, reader: LesionReader, figures: dict | None = None) -> None:
+    """Stores ``reader`` (and the figures it was measured with) in the metadata of the weights at ``path``; the
+    weights themselves are rewritten unchanged (atomically)."""
+    import torch
+
+    from .. import weights
+
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload.setdefault("meta", {})[METADATA_KEY] = {**reader.as_dict(), **({"figures": figures} if figures else {})}
+    weights.save_atomic(payload, Path(path))
+
+
+def answer(reader: LesionReader, table: dict, ras_affine: np.ndarray, limit: int = 10) -> dict:
+    """The reader's part of the server's answer: study probability, decision at its threshold, and the lesions
+    that drove it (most suspicious first; centroid in scanner RAS mm, volume in mm^3, lesion probability)."""
+    features = table["features"]
+    probability = reader.probability(features)
+    lesion_p = calibrated(reader.lesion_logits(features), 1.0) if len(features) else np.zeros(0)
+    affine = np.asarray(ras_affine, dtype=np.float64)
+    voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
+    lesions = [{"centroid_mm": [round(float(v), 1) for v in (affine @ np.append(c, 1.0))[:3]],
+                "volume_mm3": round(float(n) * voxel_mm3, 1), "probability": round(float(p), 4)}
+               for c, n, p in zip(table["centroid"], table["voxels"], lesion_p, strict=True)]
+    lesions.sort(key=lambda r: -r["probability"])
+    return {"probability": round(probability, 4),
+            "decision": "enhancing" if probability >= reader.threshold else "not enhancing",
+            "threshold": round(reader.threshold, 4), "temperature": round(reader.temperature, 4),
+            "lesions_read": len(lesions), "lesions": lesions[:limit]}
 
 
 def cohort_tables(folder: Path) -> list[dict]:
@@ -196,7 +252,7 @@ def cohort_tables(folder: Path) -> list[dict]:
             d = Compose(load_study(ENHANCEMENT_PREDICTION, with_lesion=True, with_truth=True))(dict(study.paths))
             table = lesion_table(*(np.asarray(d[k])[0] for k in (IMAGE, T1, T2, LESION, ENHANCING)))
             np.savez_compressed(cached, **table)
-        out.append({**table, "id": study_id, "subject": study_id.split("_")[0],
+        out.append({**table, "id": study_id, "subject": study_id.split("_")[0].removeprefix("sub-"),
                     "study_truth": int(table["enhancing"].any())})
     return out
 
@@ -211,6 +267,7 @@ def score(reader: LesionReader, tables: list[dict], group: str = "") -> dict:
     return {"studies": len(tables), "enhancing_studies": int(truth.sum()), "lesions": int(lesion_truth.size),
             "enhancing_lesions": int(lesion_truth.sum()), "lesion_auc": auc(lesion_truth, lesion_scores),
             "participant": bootstrap_auc(truth, logits, np.array([group + t["subject"] for t in tables])),
+            "at_threshold": {k: v for k, v in figures(truth, probability, reader.threshold).items() if k != "auc"},
             **brier(truth, probability)}
 
 
@@ -223,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2, help="training subjects kept for the temperature")
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--attach", type=Path, default=None,
+                        help="store the fitted reader (and these figures) in the metadata of these weights")
     args = parser.parse_args(argv)
     tables = cohort_tables(args.train)
     fit_subjects, val_subjects = split_validation(sorted({t["subject"] for t in tables}), args.val_fraction, args.seed)
@@ -237,10 +296,26 @@ def main(argv: list[str] | None = None) -> None:
     for name, g in report["groups"].items():
         p = g["participant"]
         print(f"{name}: {g['studies']} studies ({g['enhancing_studies']} enhancing), lesion AUC {g['lesion_auc']:.3f}, "
-              f"participant AUC {p['auc']:.3f} ({p['lo']:.2f}-{p['hi']:.2f}), Brier {g['brier']:.3f} "
-              f"(base rate {g['brier_base_rate']:.3f})", flush=True)
+              f"participant AUC {p['auc']:.3f} ({p['lo']:.2f}-{p['hi']:.2f}), sensitivity "
+              f"{g['at_threshold']['sensitivity']:.2f} / specificity {g['at_threshold']['specificity']:.2f} at p >= "
+              f"{reader.threshold:.2f}, Brier {g['brier']:.3f} (base rate {g['brier_base_rate']:.3f})", flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
+    if args.attach:
+        attach(args.attach, reader, {"command": "python -m mslesion.enhancement_prediction.lesion_reader "
+                                     + " ".join(str(a) for a in (argv if argv is not None else sys.argv[1:])),
+                                     **{name: summary(g) for name, g in report["groups"].items()}})
+
+
+def summary(group: dict) -> dict:
+    """The figures of one scored group, rounded, for a model card or weights metadata."""
+    p = group["participant"]
+    return {"studies": group["studies"], "enhancing_studies": group["enhancing_studies"],
+            "lesion_auc": round(group["lesion_auc"], 3), "participant_auc": round(p["auc"], 3),
+            "participant_auc_ci": [round(p["lo"], 2), round(p["hi"], 2)], "brier": round(group["brier"], 3),
+            "sensitivity": round(group["at_threshold"]["sensitivity"], 3),
+            "specificity": round(group["at_threshold"]["specificity"], 3),
+            "brier_base_rate": round(group["brier_base_rate"], 3)}
 
 
 if __name__ == "__main__":

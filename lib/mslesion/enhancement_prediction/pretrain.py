@@ -29,6 +29,8 @@ from ..phantoms.randomise import TEST_SEED_FLOOR
 from ..unet.pretrain import machine
 from .data import SHIFTED_VARIANTS, phantom_cohort, stacks
 from .evaluate import DEFAULT_CACHE, format_shifted, score_stacks, shifted_evaluation, split_validation
+from .lesion_reader import METADATA_KEY as READER_KEY
+from .lesion_reader import LesionReader, cohort_tables, fit_reader, score, summary
 from .networks import PROBABILITY_CEILING, PROBABILITY_FLOOR, EnhancementPredictor, load_imagenet_features
 from .recipe import ENHANCEMENT_PREDICTION, PredictionRecipe
 from .training import train
@@ -70,6 +72,48 @@ def _shifted_lines(shifted: dict | None) -> list[str]:
                      f" ({s['auc_ci95'][0]:.2f}-{s['auc_ci95'][1]:.2f}) | {s['sensitivity']:.3f} |"
                      f" {s['specificity']:.3f} |")
     return [*lines, ""]
+
+
+def lesion_reader_of(cohort: Path, train_subjects: list[str], val_subjects: list[str],
+                     shifted_subjects: int) -> tuple[LesionReader, dict]:
+    """The lesion reader fitted on the training subjects' lesions (temperature and threshold on the validation
+    subjects'), and its card entry: the fitted values and, where the shifted cohort was scored, its figures there."""
+    tables = cohort_tables(cohort)
+    reader = fit_reader([t for t in tables if t["subject"] in train_subjects],
+                        [t for t in tables if t["subject"] in val_subjects])
+    entry = {"temperature": reader.temperature, "threshold": reader.threshold, "shifted": {}}
+    if shifted_subjects:
+        pooled = []
+        for variant in SHIFTED_VARIANTS:
+            test = [t for t in cohort_tables(cohort.parent / f"shifted-{variant}-seed{TEST_SEED_FLOOR}")
+                    if int(t["subject"]) <= shifted_subjects]
+            entry["shifted"][variant] = summary(score(reader, test))
+            pooled += [{**t, "subject": f"{variant}/{t['subject']}"} for t in test]
+        entry["shifted"]["pooled"] = summary(score(reader, pooled))
+    return reader, entry
+
+
+def _reader_lines(entry: dict | None) -> list[str]:
+    """The model card's section on the lesion reader (what answers the headline probability)."""
+    if not entry:
+        return []
+    lines = ["## Lesion reader (the headline answer)", "",
+             "A logistic regression on measured features of each lesion (contrast, halo, margin, size;"
+             " `enhancement_prediction/lesion_reader.py`), fitted on the training subjects' lesions; a study is called"
+             f" by a noisy-OR of its lesions, temperature T = {entry['temperature']:.3f} and threshold p >="
+             f" {entry['threshold']:.3f} fitted on the validation subjects. The participant net's answer stays beside"
+             " it (`participant_net`).", ""]
+    if entry.get("shifted"):
+        lines += ["| shifted group | studies (enhancing) | lesion AUC | participant AUC (95% CI) | sensitivity |"
+                  " specificity | Brier (base rate) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name, g in entry["shifted"].items():
+            lo, hi = g["participant_auc_ci"]
+            lines.append(f"| {name} | {g['studies']} ({g['enhancing_studies']}) | {g['lesion_auc']:.3f} |"
+                         f" {g['participant_auc']:.3f} ({lo:.2f}-{hi:.2f})"
+                         f" | {g['sensitivity']:.2f} | {g['specificity']:.2f} | {g['brier']:.3f}"
+                         f" ({g['brier_base_rate']:.3f}) |")
+        lines.append("")
+    return lines
 
 
 def write_model_card(card: dict, path: Path) -> None:
@@ -139,6 +183,7 @@ def write_model_card(card: dict, path: Path) -> None:
         f"| participant-wise | {_row(held['participant'])} |",
         "",
         *_shifted_lines(card.get("shifted")),
+        *_reader_lines(card.get("lesion_reader")),
         "Five-fold cross-validation of the same recipe: see docs/enhancement_prediction.md.",
         "",
         "At inference without a saved FLAIR label the lesion mask comes from flair_lesion's U-Net, whose phantom",
@@ -176,6 +221,7 @@ def pretrain(subjects: int, held_out: int, seed: int, cohort: Path, out_dir: Pat
         shifted = shifted_evaluation(model, recipe, cohort.parent, shifted_subjects, TEST_SEED_FLOOR,
                                      list(SHIFTED_VARIANTS), device)
         print(format_shifted(shifted), flush=True)
+    reader, reader_card = lesion_reader_of(cohort, train_subjects, val_subjects, shifted_subjects)
     out_dir.mkdir(parents=True, exist_ok=True)
     card = {
         "task": TASK,
@@ -187,6 +233,7 @@ def pretrain(subjects: int, held_out: int, seed: int, cohort: Path, out_dir: Pat
         "previous_session": previous_session,
         "temperature": float(model.temperature),
         "shifted": shifted,
+        "lesion_reader": reader_card,
         "imagenet": str(imagenet) if imagenet else None,
         "recipe": recipe.as_dict(),
         "train_subjects": [f"{n:02d}" for n in range(1, subjects + 1)],
@@ -210,7 +257,8 @@ def pretrain(subjects: int, held_out: int, seed: int, cohort: Path, out_dir: Pat
     }
     target = out_dir / f"{TASK}.pt"
     meta = weights_metadata(recipe, model, {"source": card["source"], "synthetic": True, "randomised": randomised,
-                                            "held_out": card["held_out"], "validation": result.validation})
+                                            "held_out": card["held_out"], "validation": result.validation,
+                                            READER_KEY: reader.as_dict()})
     weights.save_state(model.state_dict(), target, half=True, metadata=meta)
     card["file_kb"] = round(target.stat().st_size / 1024)
     (out_dir / f"{TASK}.json").write_text(json.dumps(card, indent=1) + "\n")

@@ -32,6 +32,9 @@ from ..answers import write_label
 from ..enhancement_prediction.data import LabelledStudy, previous_session_path
 from ..enhancement_prediction.data import stacks as study_stacks
 from ..enhancement_prediction.explain import driving_lesions, top_slices
+from ..enhancement_prediction.lesion_reader import METADATA_KEY as READER_METADATA_KEY
+from ..enhancement_prediction.lesion_reader import LesionReader, lesion_table, reader_in
+from ..enhancement_prediction.lesion_reader import answer as reader_answer
 from ..enhancement_prediction.networks import EnhancementPredictor
 from ..enhancement_prediction.pretrain import weights_metadata
 from ..enhancement_prediction.recipe import ENHANCEMENT_PREDICTION, PredictionRecipe
@@ -160,9 +163,9 @@ class EnhancingSlicesLabeld(MapTransform):
     """Network outputs -> ``pred``: 1 on the lesion voxels (undilated mask) of the slices predicted to enhance, on the
     RAS 1 mm grid (RestoreGeometryd then takes it to the FLAIR's own grid); the figures go under ``enhancement``."""
 
-    def __init__(self, recipe: PredictionRecipe):
+    def __init__(self, recipe: PredictionRecipe, reader: LesionReader | None = None):
         super().__init__(keys=["pred"])
-        self.recipe = recipe
+        self.recipe, self.reader = recipe, reader
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
@@ -201,7 +204,22 @@ class EnhancingSlicesLabeld(MapTransform):
         d["enhancement"]["top_slices"] = top
         d["enhancement"]["lesions"] = driving_lesions(lesion, ras_affine, [k[0] for k in kept], [k[1] for k in kept],
                                                       thickness, [r["index_ras_1mm"] // thickness for r in top])
+        d["enhancement"]["answered_by"] = "participant_net"
+        if self.reader is not None:
+            self._read_lesions(d, lesion, ras_affine)
         return d
+
+    def _read_lesions(self, d: dict, lesion: np.ndarray, ras_affine: np.ndarray) -> None:
+        """With weights that carry a lesion reader, it gives the headline probability and decision (it scored the
+        shifted test cohort better than the participant net: docs/enhancement_prediction.md); the participant net's
+        stay in the answer under ``participant_net``, the reader's lesions under ``lesion_reader``."""
+        images = [np.asarray(d[key].detach().cpu() if isinstance(d[key], torch.Tensor) else d[key])[0]
+                  for key in (IMAGE, T1, T2)]
+        read = reader_answer(self.reader, lesion_table(*images, lesion), ras_affine)
+        headline = ("probability", "decision", "threshold", "temperature")
+        d["enhancement"]["participant_net"] = {key: d["enhancement"][key] for key in headline}
+        d["enhancement"].update({key: read[key] for key in headline}, answered_by="lesion_reader")
+        d["enhancement"]["lesion_reader"] = {"lesions_read": read["lesions_read"], "lesions": read["lesions"]}
 
 
 class EnhancementPredictionInfer(ReportsGpuPeak, BasicInferTask):
@@ -267,7 +285,17 @@ class EnhancementPredictionInfer(ReportsGpuPeak, BasicInferTask):
         return None
 
     def post_transforms(self, data=None):
-        return [EnhancingSlicesLabeld(self.recipe), RestoreGeometryd(keys="pred")]
+        return [EnhancingSlicesLabeld(self.recipe, self.lesion_reader()), RestoreGeometryd(keys="pred")]
+
+    def lesion_reader(self) -> LesionReader | None:
+        """The lesion reader stored with the weights served (re-read when the weights file changes)."""
+        path = self.get_path()
+        if not path or not os.path.exists(path):
+            return None
+        key = (str(path), os.path.getmtime(path))
+        if getattr(self, "_reader", (None, None))[0] != key:
+            self._reader = (key, reader_in(weights.load_metadata(path)))
+        return self._reader[1]
 
     def writer(self, data: dict, extension=None, dtype=None):
         label = np.asarray(data["pred"][0].cpu()).astype(np.uint8)
@@ -432,9 +460,11 @@ class EnhancementPredictionTrain(StatsFileTrainTask):
                            stages=stages, progress=lambda u: self._write_stats({**base, **u}))
         except ValueError as error:
             raise StudyError(422, f"{recipe.task} training cannot run on these labels: {error}.") from error
+        carried = {} if from_scratch else {k: v for k, v in weights.load_metadata(start_from).items()
+                                           if k == READER_METADATA_KEY}  # the reader does not depend on the CNN
         meta = weights_metadata(recipe, result.model, {"source": "training from saved labels",
                                                        "validation": result.validation,
-                                                       "pretrained_from": base["pretrained_from"]})
+                                                       "pretrained_from": base["pretrained_from"], **carried})
         published = weights.publish(result.model.state_dict(), self.model_dir, recipe.task, metadata=meta)
         stats = {**base, "status": "PUBLISHED", "end_ts": time.strftime("%Y-%m-%dT%H:%M:%S"),
                  "history": result.history, "best_validation": result.validation,
