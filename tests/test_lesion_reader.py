@@ -8,6 +8,7 @@ from scipy.special import expit, logit
 
 from mslesion.enhancement_prediction.lesion_reader import (
     FEATURES,
+    RELATIVE,
     LesionReader,
     fit_reader,
     lesion_table,
@@ -91,3 +92,21 @@ def test_the_reader_refuses_to_fit_without_both_kinds_of_lesion():
     with pytest.raises(ValueError, match="enhancing and non-enhancing"):
         fit_reader(tables)
 
+
+
+def test_weights_carry_one_reader_per_mask_source_and_a_predicted_mask_falls_back_to_the_drawn_one(tmp_path):
+    import torch
+
+    from mslesion import weights
+    from mslesion.enhancement_prediction.lesion_reader import PREDICTED_MASK_KEY, attach, reader_in
+
+    n = len(FEATURES) + len(RELATIVE)
+    path = tmp_path / "weights.pt"
+    weights.save_state({"w": torch.zeros(1)}, path, metadata={"task": "enhancement_prediction"})
+    assert reader_in(weights.load_metadata(path)) is None
+    attach(path, LesionReader(np.zeros(n), np.ones(n), np.zeros(n), -1.0))
+    assert reader_in(weights.load_metadata(path), predicted_mask=True).intercept == -1.0  # the drawn one stands in
+    attach(path, LesionReader(np.zeros(n), np.ones(n), np.zeros(n), -2.0), key=PREDICTED_MASK_KEY)
+    meta = weights.load_metadata(path)
+    assert reader_in(meta).intercept == -1.0 and reader_in(meta, predicted_mask=True).intercept == -2.0
+    assert torch.equal(weights.load_state(path)["w"], torch.zeros(1))  # the weights themselves unchanged

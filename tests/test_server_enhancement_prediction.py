@@ -96,6 +96,7 @@ def test_the_lesion_reader_of_the_shipped_weights_answers_per_lesion_and_the_par
 def test_an_unlabelled_visit_falls_back_to_flair_lesion(server, client):
     _, answer = answered(server, client, UNLABELLED)
     assert answer["lesion_mask_source"] == "flair_lesion prediction"
+    assert answer["answered_by"] == "lesion_reader" and 0 < answer["probability"] < 1  # the reader of predicted masks
 
 
 def test_a_session_without_t1w_and_t2w_is_refused_with_their_names(server, client):

@@ -180,13 +180,19 @@ def fit_reader(tables: list[dict], validation: list[dict] | None = None, c: floa
     return reader
 
 
-#: Where weights carry a fitted reader: their metadata, under this key (the reader does not depend on the CNN).
-METADATA_KEY = "lesion_reader"
+#: Where weights carry fitted readers: their metadata, under these keys (a reader does not depend on the CNN). The
+#: features depend on where the lesion mask came from: flair_lesion's masks are tighter or wider than a drawn label
+#: and merge a lesion with its halo, so a reader fitted on drawn (truth) masks read them at chance (shifted
+#: participant AUC 0.49, 2026-12-07) while one fitted on flair_lesion's masks read them at 0.69. One reader each.
+METADATA_KEY = "lesion_reader"                        # fitted on drawn lesion labels (a saved label)
+PREDICTED_MASK_KEY = "lesion_reader_predicted_mask"  # fitted on flair_lesion's masks (no saved label)
+READER_KEYS = (METADATA_KEY, PREDICTED_MASK_KEY)
 
 
-def reader_in(metadata: dict) -> LesionReader | None:
-    """The reader stored with weights, or None (weights from before the reader, or fitted on other features)."""
-    stored = metadata.get(METADATA_KEY)
+def reader_in(metadata: dict, predicted_mask: bool = False) -> LesionReader | None:
+    """The reader stored with weights for this kind of lesion mask (the drawn-label one where no reader was fitted on
+    predicted masks), or None (weights from before the reader, or fitted on other features)."""
+    stored = (metadata.get(PREDICTED_MASK_KEY) if predicted_mask else None) or metadata.get(METADATA_KEY)
     if not stored:
         return None
     try:
@@ -196,15 +202,15 @@ def reader_in(metadata: dict) -> LesionReader | None:
         return None
 
 
-def attach(path: Path, reader: LesionReader, figures: dict | None = None) -> None:
-    """Stores ``reader`` (and the figures it was measured with) in the metadata of the weights at ``path``; the
-    weights themselves are rewritten unchanged (atomically)."""
+def attach(path: Path, reader: LesionReader, figures: dict | None = None, key: str = METADATA_KEY) -> None:
+    """Stores ``reader`` (and the figures it was measured with) in the metadata of the weights at ``path`` under
+    ``key`` (READER_KEYS); the weights themselves are rewritten unchanged (atomically)."""
     import torch
 
     from .. import weights
 
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    payload.setdefault("meta", {})[METADATA_KEY] = {**reader.as_dict(), **({"figures": figures} if figures else {})}
+    payload.setdefault("meta", {})[key] = {**reader.as_dict(), **({"figures": figures} if figures else {})}
     weights.save_atomic(payload, Path(path))
 
 
@@ -226,9 +232,13 @@ def answer(reader: LesionReader, table: dict, ras_affine: np.ndarray, limit: int
             "lesions_read": len(lesions), "lesions": lesions[:limit]}
 
 
-def cohort_tables(folder: Path) -> list[dict]:
-    """The lesion table of every study of a ``data.phantom_cohort`` folder (cached under ``lesion_tables/``), with
-    ``id``, ``subject`` and the study truth ``study_truth`` (any enhancing lesion)."""
+def cohort_tables(folder: Path, segmenter=None) -> list[dict]:
+    """The lesion table of every study of a ``data.phantom_cohort`` folder, with ``id``, ``subject`` and the study
+    truth ``study_truth`` (any lesion of the drawn label overlapping the post-contrast label). Lesions are the drawn
+    label's, or with ``segmenter`` (a callable (flair path, loaded FLAIR, device) -> mask, e.g. the server's
+    FlairLesionSegmenter) the predicted mask's, their ``enhancing`` from the same post-contrast label. Cached under
+    ``lesion_tables/`` (drawn) or ``lesion_tables_predicted-<tag>/`` (``segmenter.cache_tag``: its weights)."""
+    import torch
     from monai.transforms import Compose
 
     from ..studies import T1, T2
@@ -238,22 +248,32 @@ def cohort_tables(folder: Path) -> list[dict]:
     from .slices import ENHANCING, LESION, load_study
 
     folder = Path(folder)
-    cache = folder / "lesion_tables"
-    cache.mkdir(exist_ok=True)
+    drawn = folder / "lesion_tables"
+    cache = drawn if segmenter is None else folder / f"lesion_tables_predicted-{segmenter.cache_tag}"
     out = []
     for flair in sorted((folder / "studies").glob("*_FLAIR.nii.gz")):
         study_id = flair.name.removesuffix("_FLAIR.nii.gz")
-        cached = cache / f"{study_id}.npz"
-        if cached.exists():
-            with np.load(cached) as saved:
-                table = {k: saved[k] for k in saved.files}
-        else:
+        tables = {}
+        for where in dict.fromkeys((drawn, cache)):
+            cached = where / f"{study_id}.npz"
+            if cached.exists():
+                with np.load(cached) as saved:
+                    tables[where] = {k: saved[k] for k in saved.files}
+        if len(tables) < len(dict.fromkeys((drawn, cache))):
             study = LabelledStudy.from_folder(study_id, folder / "studies", folder / "truth")
             d = Compose(load_study(ENHANCEMENT_PREDICTION, with_lesion=True, with_truth=True))(dict(study.paths))
-            table = lesion_table(*(np.asarray(d[k])[0] for k in (IMAGE, T1, T2, LESION, ENHANCING)))
-            np.savez_compressed(cached, **table)
-        out.append({**table, "id": study_id, "subject": study_id.split("_")[0].removeprefix("sub-"),
-                    "study_truth": int(table["enhancing"].any())})
+            images = [np.asarray(d[k])[0] for k in (IMAGE, T1, T2)]
+            enhancing = np.asarray(d[ENHANCING])[0]
+            masks = {drawn: np.asarray(d[LESION])[0]}
+            if segmenter is not None:
+                masks[cache] = segmenter(str(flair), d[IMAGE], torch.device("cpu"))[0].numpy()
+            for where, mask in masks.items():
+                if where not in tables:
+                    tables[where] = lesion_table(*images, mask, enhancing)
+                    where.mkdir(exist_ok=True)
+                    np.savez_compressed(where / f"{study_id}.npz", **tables[where])
+        out.append({**tables[cache], "id": study_id, "subject": study_id.split("_")[0].removeprefix("sub-"),
+                    "study_truth": int(tables[drawn]["enhancing"].any())})
     return out
 
 

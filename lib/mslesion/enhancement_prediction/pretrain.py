@@ -30,7 +30,7 @@ from ..unet.pretrain import machine
 from .data import SHIFTED_VARIANTS, phantom_cohort, stacks
 from .evaluate import DEFAULT_CACHE, format_shifted, score_stacks, shifted_evaluation, split_validation
 from .lesion_reader import METADATA_KEY as READER_KEY
-from .lesion_reader import LesionReader, cohort_tables, fit_reader, score, summary
+from .lesion_reader import PREDICTED_MASK_KEY, LesionReader, cohort_tables, fit_reader, score, summary
 from .networks import PROBABILITY_CEILING, PROBABILITY_FLOOR, EnhancementPredictor, load_imagenet_features
 from .recipe import ENHANCEMENT_PREDICTION, PredictionRecipe
 from .training import train
@@ -74,45 +74,64 @@ def _shifted_lines(shifted: dict | None) -> list[str]:
     return [*lines, ""]
 
 
-def lesion_reader_of(cohort: Path, train_subjects: list[str], val_subjects: list[str],
-                     shifted_subjects: int) -> tuple[LesionReader, dict]:
-    """The lesion reader fitted on the training subjects' lesions (temperature and threshold on the validation
-    subjects'), and its card entry: the fitted values and, where the shifted cohort was scored, its figures there."""
-    tables = cohort_tables(cohort)
-    reader = fit_reader([t for t in tables if t["subject"] in train_subjects],
-                        [t for t in tables if t["subject"] in val_subjects])
-    entry = {"temperature": reader.temperature, "threshold": reader.threshold, "shifted": {}}
-    if shifted_subjects:
-        pooled = []
-        for variant in SHIFTED_VARIANTS:
-            test = [t for t in cohort_tables(cohort.parent / f"shifted-{variant}-seed{TEST_SEED_FLOOR}")
-                    if int(t["subject"]) <= shifted_subjects]
-            entry["shifted"][variant] = summary(score(reader, test))
-            pooled += [{**t, "subject": f"{variant}/{t['subject']}"} for t in test]
-        entry["shifted"]["pooled"] = summary(score(reader, pooled))
-    return reader, entry
+def flair_lesion_segmenter():
+    """The server's flair_lesion mask step with the shipped weights (what answers without a saved label)."""
+    from ..tasks.enhancement_prediction import FlairLesionSegmenter
+
+    return FlairLesionSegmenter(str(weights.REPO_MODEL_DIR / "no-published-weights"),
+                                weights.default_weights("flair_lesion"))
+
+
+def lesion_readers_of(cohort: Path, train_subjects: list[str], val_subjects: list[str],
+                      shifted_subjects: int) -> tuple[dict[str, LesionReader], dict]:
+    """The lesion readers, one per mask source (READER_KEYS: drawn labels, flair_lesion's masks), each fitted on the
+    training subjects' lesions (temperature and threshold on the validation subjects'), and their card entry: the
+    fitted values and, where the shifted cohort was scored, the figures there (each reader on its own masks)."""
+    readers, entry = {}, {}
+    for key, segmenter in ((READER_KEY, None), (PREDICTED_MASK_KEY, flair_lesion_segmenter())):
+        tables = cohort_tables(cohort, segmenter)
+        reader = fit_reader([t for t in tables if t["subject"] in train_subjects],
+                            [t for t in tables if t["subject"] in val_subjects])
+        readers[key] = reader
+        entry[key] = {"masks": "drawn labels" if segmenter is None else
+                      f"flair_lesion's predictions ({weights.default_weights('flair_lesion').name}, "
+                      f"{segmenter.cache_tag})", "temperature": reader.temperature, "threshold": reader.threshold,
+                      "shifted": {}}
+        if shifted_subjects:
+            pooled = []
+            for variant in SHIFTED_VARIANTS:
+                test = [t for t in cohort_tables(cohort.parent / f"shifted-{variant}-seed{TEST_SEED_FLOOR}", segmenter)
+                        if int(t["subject"]) <= shifted_subjects]
+                entry[key]["shifted"][variant] = summary(score(reader, test))
+                pooled += [{**t, "subject": f"{variant}/{t['subject']}"} for t in test]
+            entry[key]["shifted"]["pooled"] = summary(score(reader, pooled))
+    return readers, entry
 
 
 def _reader_lines(entry: dict | None) -> list[str]:
-    """The model card's section on the lesion reader (what answers the headline probability)."""
+    """The model card's section on the lesion readers (what answers the headline probability)."""
     if not entry:
         return []
-    lines = ["## Lesion reader (the headline answer)", "",
+    lines = ["## Lesion readers (the headline answer)", "",
              "A logistic regression on measured features of each lesion (contrast, halo, margin, size;"
              " `enhancement_prediction/lesion_reader.py`), fitted on the training subjects' lesions; a study is called"
-             f" by a noisy-OR of its lesions, temperature T = {entry['temperature']:.3f} and threshold p >="
-             f" {entry['threshold']:.3f} fitted on the validation subjects. The participant net's answer stays beside"
-             " it (`participant_net`).", ""]
-    if entry.get("shifted"):
-        lines += ["| shifted group | studies (enhancing) | lesion AUC | participant AUC (95% CI) | sensitivity |"
-                  " specificity | Brier (base rate) |", "| --- | --- | --- | --- | --- | --- | --- |"]
-        for name, g in entry["shifted"].items():
-            lo, hi = g["participant_auc_ci"]
-            lines.append(f"| {name} | {g['studies']} ({g['enhancing_studies']}) | {g['lesion_auc']:.3f} |"
-                         f" {g['participant_auc']:.3f} ({lo:.2f}-{hi:.2f})"
-                         f" | {g['sensitivity']:.2f} | {g['specificity']:.2f} | {g['brier']:.3f}"
-                         f" ({g['brier_base_rate']:.3f}) |")
-        lines.append("")
+             " by a noisy-OR of its lesions, with a temperature and threshold fitted on the validation subjects. One"
+             " reader per lesion mask source: a saved label is read by the one fitted on drawn labels, flair_lesion's"
+             " mask by the one fitted on its masks. The participant net's answer stays beside it (`participant_net`).",
+             ""]
+    for key, reader in entry.items():
+        lines += [f"### `{key}`: fitted on {reader['masks']}; T = {reader['temperature']:.3f}, threshold p >="
+                  f" {reader['threshold']:.3f}", ""]
+        if reader.get("shifted"):
+            lines += ["| shifted group | studies (enhancing) | lesion AUC | participant AUC (95% CI) | sensitivity |"
+                      " specificity | Brier (base rate) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+            for name, g in reader["shifted"].items():
+                lo, hi = g["participant_auc_ci"]
+                lines.append(f"| {name} | {g['studies']} ({g['enhancing_studies']}) | {g['lesion_auc']:.3f} |"
+                             f" {g['participant_auc']:.3f} ({lo:.2f}-{hi:.2f})"
+                             f" | {g['sensitivity']:.2f} | {g['specificity']:.2f} | {g['brier']:.3f}"
+                             f" ({g['brier_base_rate']:.3f}) |")
+            lines.append("")
     return lines
 
 
@@ -183,7 +202,7 @@ def write_model_card(card: dict, path: Path) -> None:
         f"| participant-wise | {_row(held['participant'])} |",
         "",
         *_shifted_lines(card.get("shifted")),
-        *_reader_lines(card.get("lesion_reader")),
+        *_reader_lines(card.get("lesion_readers")),
         "Five-fold cross-validation of the same recipe: see docs/enhancement_prediction.md.",
         "",
         "At inference without a saved FLAIR label the lesion mask comes from flair_lesion's U-Net, whose phantom",
@@ -221,7 +240,7 @@ def pretrain(subjects: int, held_out: int, seed: int, cohort: Path, out_dir: Pat
         shifted = shifted_evaluation(model, recipe, cohort.parent, shifted_subjects, TEST_SEED_FLOOR,
                                      list(SHIFTED_VARIANTS), device)
         print(format_shifted(shifted), flush=True)
-    reader, reader_card = lesion_reader_of(cohort, train_subjects, val_subjects, shifted_subjects)
+    readers, reader_card = lesion_readers_of(cohort, train_subjects, val_subjects, shifted_subjects)
     out_dir.mkdir(parents=True, exist_ok=True)
     card = {
         "task": TASK,
@@ -233,7 +252,7 @@ def pretrain(subjects: int, held_out: int, seed: int, cohort: Path, out_dir: Pat
         "previous_session": previous_session,
         "temperature": float(model.temperature),
         "shifted": shifted,
-        "lesion_reader": reader_card,
+        "lesion_readers": reader_card,
         "imagenet": str(imagenet) if imagenet else None,
         "recipe": recipe.as_dict(),
         "train_subjects": [f"{n:02d}" for n in range(1, subjects + 1)],
@@ -258,7 +277,7 @@ def pretrain(subjects: int, held_out: int, seed: int, cohort: Path, out_dir: Pat
     target = out_dir / f"{TASK}.pt"
     meta = weights_metadata(recipe, model, {"source": card["source"], "synthetic": True, "randomised": randomised,
                                             "held_out": card["held_out"], "validation": result.validation,
-                                            READER_KEY: reader.as_dict()})
+                                            **{key: r.as_dict() for key, r in readers.items()}})
     weights.save_state(model.state_dict(), target, half=True, metadata=meta)
     card["file_kb"] = round(target.stat().st_size / 1024)
     (out_dir / f"{TASK}.json").write_text(json.dumps(card, indent=1) + "\n")

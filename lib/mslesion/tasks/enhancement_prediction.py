@@ -8,6 +8,7 @@ study's saved FLAIR label when it has one, else flair_lesion's prediction. The m
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -32,8 +33,7 @@ from ..answers import write_label
 from ..enhancement_prediction.data import LabelledStudy, previous_session_path
 from ..enhancement_prediction.data import stacks as study_stacks
 from ..enhancement_prediction.explain import driving_lesions, top_slices
-from ..enhancement_prediction.lesion_reader import METADATA_KEY as READER_METADATA_KEY
-from ..enhancement_prediction.lesion_reader import LesionReader, lesion_table, reader_in
+from ..enhancement_prediction.lesion_reader import READER_KEYS, LesionReader, lesion_table, reader_in
 from ..enhancement_prediction.lesion_reader import answer as reader_answer
 from ..enhancement_prediction.networks import EnhancementPredictor
 from ..enhancement_prediction.pretrain import weights_metadata
@@ -108,6 +108,11 @@ class FlairLesionSegmenter:
             self._cached = (str(path), stamp, str(device), network.to(device).eval(), recipe)
         return self._cached[3]
 
+    @property
+    def cache_tag(self) -> str:
+        """Short digest of the flair_lesion weights in use: keys caches of masks they predicted."""
+        return hashlib.sha1(self.weights_path().read_bytes()).hexdigest()[:10]
+
     def recipe(self) -> Recipe:
         """flair_lesion's recipe with the post-processing (mirroring, threshold, minimum size) stored in its weights."""
         return self._cached[4] if self._cached else FLAIR_LESION
@@ -163,9 +168,9 @@ class EnhancingSlicesLabeld(MapTransform):
     """Network outputs -> ``pred``: 1 on the lesion voxels (undilated mask) of the slices predicted to enhance, on the
     RAS 1 mm grid (RestoreGeometryd then takes it to the FLAIR's own grid); the figures go under ``enhancement``."""
 
-    def __init__(self, recipe: PredictionRecipe, reader: LesionReader | None = None):
+    def __init__(self, recipe: PredictionRecipe, readers: dict[str, LesionReader | None] | None = None):
         super().__init__(keys=["pred"])
-        self.recipe, self.reader = recipe, reader
+        self.recipe, self.readers = recipe, readers or {}
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
@@ -205,17 +210,19 @@ class EnhancingSlicesLabeld(MapTransform):
         d["enhancement"]["lesions"] = driving_lesions(lesion, ras_affine, [k[0] for k in kept], [k[1] for k in kept],
                                                       thickness, [r["index_ras_1mm"] // thickness for r in top])
         d["enhancement"]["answered_by"] = "participant_net"
-        if self.reader is not None:
-            self._read_lesions(d, lesion, ras_affine)
+        reader = self.readers.get(d.get("lesion_mask_source"))
+        if reader is not None:
+            self._read_lesions(d, reader, lesion, ras_affine)
         return d
 
-    def _read_lesions(self, d: dict, lesion: np.ndarray, ras_affine: np.ndarray) -> None:
+    @staticmethod
+    def _read_lesions(d: dict, reader: LesionReader, lesion: np.ndarray, ras_affine: np.ndarray) -> None:
         """With weights that carry a lesion reader, it gives the headline probability and decision (it scored the
         shifted test cohort better than the participant net: docs/enhancement_prediction.md); the participant net's
         stay in the answer under ``participant_net``, the reader's lesions under ``lesion_reader``."""
         images = [np.asarray(d[key].detach().cpu() if isinstance(d[key], torch.Tensor) else d[key])[0]
                   for key in (IMAGE, T1, T2)]
-        read = reader_answer(self.reader, lesion_table(*images, lesion), ras_affine)
+        read = reader_answer(reader, lesion_table(*images, lesion), ras_affine)
         headline = ("probability", "decision", "threshold", "temperature")
         d["enhancement"]["participant_net"] = {key: d["enhancement"][key] for key in headline}
         d["enhancement"].update({key: read[key] for key in headline}, answered_by="lesion_reader")
@@ -285,17 +292,19 @@ class EnhancementPredictionInfer(ReportsGpuPeak, BasicInferTask):
         return None
 
     def post_transforms(self, data=None):
-        return [EnhancingSlicesLabeld(self.recipe, self.lesion_reader()), RestoreGeometryd(keys="pred")]
+        return [EnhancingSlicesLabeld(self.recipe, self.lesion_readers()), RestoreGeometryd(keys="pred")]
 
-    def lesion_reader(self) -> LesionReader | None:
-        """The lesion reader stored with the weights served (re-read when the weights file changes)."""
+    def lesion_readers(self) -> dict[str, LesionReader | None]:
+        """The lesion readers stored with the weights served, by lesion mask source (re-read when the weights file
+        changes): one fitted on drawn labels for a saved label, one fitted on flair_lesion's masks for a prediction."""
         path = self.get_path()
         if not path or not os.path.exists(path):
-            return None
+            return {}
         key = (str(path), os.path.getmtime(path))
-        if getattr(self, "_reader", (None, None))[0] != key:
-            self._reader = (key, reader_in(weights.load_metadata(path)))
-        return self._reader[1]
+        if getattr(self, "_readers", (None, None))[0] != key:
+            meta = weights.load_metadata(path)
+            self._readers = (key, {SAVED_LABEL: reader_in(meta), PREDICTED: reader_in(meta, predicted_mask=True)})
+        return self._readers[1]
 
     def writer(self, data: dict, extension=None, dtype=None):
         label = np.asarray(data["pred"][0].cpu()).astype(np.uint8)
@@ -461,7 +470,7 @@ class EnhancementPredictionTrain(StatsFileTrainTask):
         except ValueError as error:
             raise StudyError(422, f"{recipe.task} training cannot run on these labels: {error}.") from error
         carried = {} if from_scratch else {k: v for k, v in weights.load_metadata(start_from).items()
-                                           if k == READER_METADATA_KEY}  # the reader does not depend on the CNN
+                                           if k in READER_KEYS}  # the readers do not depend on the CNN
         meta = weights_metadata(recipe, result.model, {"source": "training from saved labels",
                                                        "validation": result.validation,
                                                        "pretrained_from": base["pretrained_from"], **carried})
