@@ -250,16 +250,17 @@ def cohort_tables(folder: Path, segmenter=None) -> list[dict]:
     folder = Path(folder)
     drawn = folder / "lesion_tables"
     cache = drawn if segmenter is None else folder / f"lesion_tables_predicted-{segmenter.cache_tag}"
+    wanted = list(dict.fromkeys((drawn, cache)))  # one folder without a segmenter
     out = []
     for flair in sorted((folder / "studies").glob("*_FLAIR.nii.gz")):
         study_id = flair.name.removesuffix("_FLAIR.nii.gz")
         tables = {}
-        for where in dict.fromkeys((drawn, cache)):
+        for where in wanted:
             cached = where / f"{study_id}.npz"
             if cached.exists():
                 with np.load(cached) as saved:
                     tables[where] = {k: saved[k] for k in saved.files}
-        if len(tables) < len(dict.fromkeys((drawn, cache))):
+        if len(tables) < len(wanted):
             study = LabelledStudy.from_folder(study_id, folder / "studies", folder / "truth")
             d = Compose(load_study(ENHANCEMENT_PREDICTION, with_lesion=True, with_truth=True))(dict(study.paths))
             images = [np.asarray(d[k])[0] for k in (IMAGE, T1, T2)]
@@ -277,7 +278,7 @@ def cohort_tables(folder: Path, segmenter=None) -> list[dict]:
     return out
 
 
-def score(reader: LesionReader, tables: list[dict], group: str = "") -> dict:
+def score(reader: LesionReader, tables: list[dict]) -> dict:
     """Lesion-wise AUC, participant-wise AUC (bootstrap CI by subject) and Brier of the calibrated answer."""
     lesion_truth = np.concatenate([t["enhancing"] for t in tables])
     lesion_scores = np.concatenate([reader.lesion_logits(t["features"]) for t in tables])
@@ -286,7 +287,7 @@ def score(reader: LesionReader, tables: list[dict], group: str = "") -> dict:
     probability = calibrated(logits, reader.temperature)
     return {"studies": len(tables), "enhancing_studies": int(truth.sum()), "lesions": int(lesion_truth.size),
             "enhancing_lesions": int(lesion_truth.sum()), "lesion_auc": auc(lesion_truth, lesion_scores),
-            "participant": bootstrap_auc(truth, logits, np.array([group + t["subject"] for t in tables])),
+            "participant": bootstrap_auc(truth, logits, np.array([t["subject"] for t in tables])),
             "at_threshold": {k: v for k, v in figures(truth, probability, reader.threshold).items() if k != "auc"},
             **brier(truth, probability)}
 
