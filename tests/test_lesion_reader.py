@@ -93,6 +93,16 @@ def test_the_reader_refuses_to_fit_without_both_kinds_of_lesion():
         fit_reader(tables)
 
 
+def test_a_validation_study_is_calibrated_on_its_study_truth_even_where_its_mask_missed_the_enhancing_lesion():
+    rng = np.random.default_rng(3)
+    training, validation = _tables(rng, 60), _tables(rng, 30)
+    # the same studies read from a mask that found none of their enhancing lesions: the study truth still says
+    missed = [{**t, "enhancing": np.zeros_like(t["enhancing"]), "study_truth": int(t["enhancing"].any())}
+              for t in validation]
+    assert sum(t["study_truth"] for t in missed) >= 5
+    on_truth, on_missed = fit_reader(training, validation), fit_reader(training, missed)
+    assert (on_missed.temperature, on_missed.threshold) == (on_truth.temperature, on_truth.threshold)
+
 
 def test_weights_carry_one_reader_per_mask_source_and_a_predicted_mask_falls_back_to_the_drawn_one(tmp_path):
     import torch

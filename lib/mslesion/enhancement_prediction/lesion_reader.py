@@ -162,7 +162,9 @@ class LesionReader:
 def fit_reader(tables: list[dict], validation: list[dict] | None = None, c: float = 1.0) -> LesionReader:
     """Fits the lesion-wise logistic regression on ``tables`` (each with ``enhancing``), and on ``validation``
     tables (never the fitting ones) the study logit's temperature and the Youden threshold of the calibrated
-    probability (left at 1 and 0.5 without them)."""
+    probability (left at 1 and 0.5 without them). A validation study's truth is its ``study_truth`` where the table
+    has one: on a predicted mask that misses the enhancing lesion, no lesion of the table is enhancing, yet the study
+    is."""
     from sklearn.linear_model import LogisticRegression
 
     x = np.concatenate([design(t["features"]) for t in tables])
@@ -173,7 +175,7 @@ def fit_reader(tables: list[dict], validation: list[dict] | None = None, c: floa
     model = LogisticRegression(C=c, max_iter=5000).fit((x - mean) / scale, y)
     reader = LesionReader(mean, scale, model.coef_[0], model.intercept_[0])
     if validation:
-        truth = np.array([int(t["enhancing"].any()) for t in validation])
+        truth = np.array([int(t.get("study_truth", t["enhancing"].any())) for t in validation])
         logits = np.array([reader.study_logit(t["features"]) for t in validation])
         reader.temperature = fit_temperature(truth, logits)
         reader.threshold = youden_threshold(truth, calibrated(logits, reader.temperature))
