@@ -29,6 +29,15 @@ def test_half_precision_defaults_load_as_float32(tmp_path):
     assert loaded.dtype == torch.float32 and abs(float(loaded) - 0.1234567) < 1e-3
 
 
+def test_written_weights_are_readable_by_other_users_and_a_rewrite_keeps_the_mode(tmp_path):
+    path = tmp_path / "d.pt"
+    weights.save_state(state(1), path)
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600: the server may run as another user
+    path.chmod(0o640)
+    weights.save_state(state(2), path)
+    assert path.stat().st_mode & 0o777 == 0o640 and weights.load_state(path)["w"][0] == 2
+
+
 def test_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
     target = weights.publish(state(1), tmp_path, "t")
 
