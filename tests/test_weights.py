@@ -113,3 +113,12 @@ def test_half_precision_keeps_batch_norm_statistics_exact(tmp_path):
     assert raw["bn.running_var"].dtype == torch.float32 and raw["huge.weight"].dtype == torch.float32
     loaded = store.load_state(path)
     assert torch.isfinite(loaded["bn.running_var"]).all() and torch.equal(loaded["bn.running_var"], bn.running_var)
+
+
+def test_any_atomically_written_file_is_readable_by_other_users_unless_a_mode_is_asked_for(tmp_path):
+    from mslesion import atomic
+
+    atomic.write_text(tmp_path / "card.json", "{}")
+    atomic.write_text(tmp_path / "secret.json", "{}", mode=0o600)
+    assert (tmp_path / "card.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "secret.json").stat().st_mode & 0o777 == 0o600

@@ -43,8 +43,9 @@ def write_with(dest: PathLike, write: Callable[[str], Any], prefix: str | None =
                mode: int | None = None, parents: bool = False) -> None:
     """``write(temp_path)`` fills a temp file beside ``dest``, which then replaces ``dest`` (fsync, rename, fsync).
 
-    ``prefix`` defaults to ``.<dest name>.``; ``mode`` is applied before the rename (mkstemp creates 0600);
-    ``parents`` creates dest's folder first."""
+    ``prefix`` defaults to ``.<dest name>.``; ``mode`` is applied before the rename; without one the file keeps the
+    mode of the one it replaces, and a new file is 0644 (mkstemp creates 0600, which a server run by another user
+    cannot read); ``parents`` creates dest's folder first."""
     dest = os.fspath(dest)
     folder = os.path.dirname(dest) or "."
     if parents:
@@ -55,8 +56,9 @@ def write_with(dest: PathLike, write: Callable[[str], Any], prefix: str | None =
     try:
         write(tmp)
         _fsync_path(tmp)
-        if mode is not None:
-            os.chmod(tmp, mode)
+        if mode is None:
+            mode = os.stat(dest).st_mode & 0o777 if os.path.exists(dest) else 0o644
+        os.chmod(tmp, mode)
         os.replace(tmp, dest)
         _fsync_dir(folder)
     finally:

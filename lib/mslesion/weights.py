@@ -51,11 +51,8 @@ def save_state(state: dict, path: Path, half: bool = False, metadata: dict | Non
 
 def save_atomic(payload: dict, path: Path) -> None:
     """torch.save through a temp file in the same folder, fsync and rename (mslesion.atomic): a reader never sees
-    half a file. The file keeps the mode of the one it replaces (a new one is 0644, not mkstemp's 0600: a server
-    run by another user must be able to read the weights)."""
-    path = Path(path)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    atomic.save_torch(path, payload, suffix=".tmp", parents=True, mode=mode)
+    half a file (keeping the mode of the file it replaces; a new one is 0644)."""
+    atomic.save_torch(path, payload, suffix=".tmp", parents=True)
 
 
 def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict:

@@ -185,7 +185,8 @@ def fit_reader(tables: list[dict], validation: list[dict] | None = None, c: floa
 #: Where weights carry fitted readers: their metadata, under these keys (a reader does not depend on the CNN). The
 #: features depend on where the lesion mask came from: flair_lesion's masks are tighter or wider than a drawn label
 #: and merge a lesion with its halo, so a reader fitted on drawn (truth) masks read them at chance (shifted
-#: participant AUC 0.49, 2026-12-07) while one fitted on flair_lesion's masks read them at 0.69. One reader each.
+#: participant AUC 0.49, 2026-12-07) while one fitted on flair_lesion's masks read them at 0.66 (0.74 refitted on
+#: the masks of the current flair_lesion weights). One reader each; refit when flair_lesion's weights change.
 METADATA_KEY = "lesion_reader"                        # fitted on drawn lesion labels (a saved label)
 PREDICTED_MASK_KEY = "lesion_reader_predicted_mask"  # fitted on flair_lesion's masks (no saved label)
 READER_KEYS = (METADATA_KEY, PREDICTED_MASK_KEY)
