@@ -23,7 +23,14 @@ from mslesion.unet.inference import threshold_label
 from mslesion.unet.networks import lesion_unet
 from mslesion.unet.recipes import FLAIR_LESION, NEW_LESION, for_cpu, from_checkpoint, postprocessing
 from mslesion.unet.training import SELECTION_THRESHOLDS, fit, poly_schedule, replan
-from mslesion.unet.transforms import IMAGE, LABEL, LesionBalancedIndicesd, ThinnedIndicesd, lesion_indices
+from mslesion.unet.transforms import (
+    IMAGE,
+    LABEL,
+    BrightTissueIndicesd,
+    LesionBalancedIndicesd,
+    ThinnedIndicesd,
+    lesion_indices,
+)
 
 TINY = replace(for_cpu(FLAIR_LESION), spacing=(4.0, 4.0, 4.0), patch=(16, 16, 16), patches_per_study=2,
                batch_size=2, channels=(4, 8, 16, 32, 64), infer_roi=(64, 64, 48))
@@ -56,6 +63,29 @@ def test_cached_background_indices_are_a_bounded_sample_of_background_voxels():
     assert not label.ravel()[background].any(), "a thinned background index points into a lesion"
     small = ThinnedIndicesd(keep=10)({f"{LABEL}_bg_indices": np.arange(5)})
     assert list(small[f"{LABEL}_bg_indices"]) == [0, 1, 2, 3, 4]
+
+
+def test_hard_negative_centres_land_on_bright_tissue_that_is_not_lesion():
+    image = torch.zeros(1, 40, 40, 40)  # air around a head
+    image[0, 5:35, 5:35, 5:35] = 1.0  # white matter
+    image[0, 5:35, 5:35, 5:8] = 1.4  # a bright cortex strip: 2,700 voxels, a tenth of the tissue
+    image[0, 20:23, 20:23, 20:23] = 1.6  # a lesion, brighter still
+    label = torch.zeros(1, 40, 40, 40)
+    label[0, 20:23, 20:23, 20:23] = 1
+    d = {IMAGE: image, LABEL: label}
+    for transform in lesion_indices(replace(FLAIR_LESION, bright_negative_share=0.5)):
+        d = transform(d)
+    centres = np.asarray(d[f"{LABEL}_bg_indices"])
+    anywhere = 50_000  # ThinnedIndicesd's sample of the 63,973 background voxels, then as many bright ones
+    assert len(centres) == 2 * anywhere
+    added = centres[anywhere:]
+    assert (image.ravel()[added] == 1.4).all(), "a hard-negative centre is not on the bright cortex"
+    assert not label.ravel()[added].any()
+    assert (image.ravel()[centres] == 1.4).float().mean() > 0.5  # without them a bright voxel is 1 centre in 23
+    assert len(lesion_indices(FLAIR_LESION)) == len(lesion_indices()) == 3  # pretraining recipes: unchanged
+    assert for_cpu(FLAIR_LESION).bright_negative_share == 0.5  # the server's CPU round
+    with pytest.raises(ValueError, match="bright_negative_share"):
+        BrightTissueIndicesd(1.0)
 
 
 def test_pooled_scores_weigh_lesions_not_studies():

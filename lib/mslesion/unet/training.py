@@ -266,7 +266,8 @@ class TrainingRun:
         preprocessing = preprocess(recipe, with_label=True, device="cpu")
         per_pass = max(1, recipe.patches_per_study)
         self.my_train = distributed.shard(train_items, self.rank, self.world)
-        train_set = CacheDataset(self.my_train, transform=Compose(preprocessing + lesion_indices()), progress=False)
+        train_set = CacheDataset(self.my_train, transform=Compose(preprocessing + lesion_indices(recipe)),
+                                 progress=False)
         patch_set = Dataset(
             [train_set[i] for i in range(len(train_set))] * max(1, recipe.augmentations),
             transform=Compose(training_augmentation(recipe, per_pass)),
