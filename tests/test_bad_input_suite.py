@@ -376,6 +376,8 @@ CASES = {
     "train-negative-epochs": Case("POST", "/train/flair_lesion", 422, ("max_epochs", "at least 1"),
                                   json={"max_epochs": -1}),
     "train-lr-not-a-number": Case("POST", "/train/flair_lesion", 422, ("lr", "positive number"), json={"lr": "fast"}),
+    "train-hard-negative-share-of-one": Case("POST", "/train/flair_lesion", 422, ("bright_negative_share", "up to"),
+                                             json={"bright_negative_share": 1}),
     "train-unknown-schedule": Case("POST", "/train/flair_lesion", 422, ("schedule", "turbo"),
                                    json={"schedule": "turbo"}),
     "train-all-none-ready": Case("POST", "/train/", 422, ("no model can be trained", "flair_lesion"), json={}),

@@ -186,6 +186,10 @@ def check_train_params(params: dict, defaults: dict) -> None:
             isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0
         ):
             raise StudyError(422, f"Training param {key} must be a positive number, not {value!r}.")
+    share = params.get("bright_negative_share")
+    if share is not None and (isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share < 1):
+        raise StudyError(422, "Training param bright_negative_share is the share of lesion-free crops centred on "
+                              f"bright tissue: a number from 0 up to (not including) 1, not {share!r}.")
     schedule = params.get("schedule")
     if "schedule" in defaults and schedule is not None and schedule not in ("auto", "paper", "cpu"):
         raise StudyError(422, f"Training param schedule must be \"auto\", \"paper\" or \"cpu\", not {schedule!r}.")
