@@ -36,7 +36,7 @@ from mslesion.unet.evaluate import evaluate_on_cohort
 from mslesion.unet.networks import lesion_unet
 from mslesion.unet.phantom_items import variant_items
 from mslesion.unet.pretrain import machine
-from mslesion.unet.recipes import FLAIR_LESION, for_cpu, from_checkpoint
+from mslesion.unet.recipes import FLAIR_LESION, for_request, from_checkpoint
 from mslesion.unet.training import fit
 
 SITE = "site_b"
@@ -55,7 +55,7 @@ def site_scores(client, studies: Path, truth: Path, ids: list[str]) -> dict:
 def ceiling(studies: Path, truth: Path, ids: list[str], train_request: dict) -> dict:
     """The server's CPU round run offline on the scored studies themselves (see the module docstring)."""
     default = weights.default_weights("flair_lesion")
-    recipe = from_checkpoint(for_cpu(FLAIR_LESION).with_overrides(train_request), weights.load_metadata(default))
+    recipe = from_checkpoint(for_request(FLAIR_LESION, train_request, "cpu"), weights.load_metadata(default))
     network = lesion_unet(recipe)
     network.load_state_dict(weights.load_state(default))
     items = [{"image": str(studies / f"{i}.nii.gz"), "label": str(truth / f"{i}.nii.gz"), "id": i} for i in ids]

@@ -21,7 +21,7 @@ from mslesion.unet.evaluate import (
 )
 from mslesion.unet.inference import threshold_label
 from mslesion.unet.networks import lesion_unet
-from mslesion.unet.recipes import FLAIR_LESION, NEW_LESION, for_cpu, from_checkpoint, postprocessing
+from mslesion.unet.recipes import FLAIR_LESION, NEW_LESION, for_cpu, for_request, from_checkpoint, postprocessing
 from mslesion.unet.training import SELECTION_THRESHOLDS, fit, poly_schedule, replan
 from mslesion.unet.transforms import (
     IMAGE,
@@ -86,6 +86,15 @@ def test_hard_negative_centres_land_on_bright_tissue_that_is_not_lesion():
     assert len(lesion_indices(for_cpu(FLAIR_LESION))) == len(lesion_indices()) == 3  # not asked: unchanged
     with pytest.raises(ValueError, match="bright_negative_share"):
         BrightTissueIndicesd(1.0)
+
+
+def test_a_training_request_runs_the_paper_schedule_on_a_gpu_and_the_cpu_schedule_elsewhere():
+    assert for_request(FLAIR_LESION, {}, "cuda") == FLAIR_LESION
+    assert for_request(FLAIR_LESION, {}, "cpu") == for_cpu(FLAIR_LESION)
+    assert for_request(FLAIR_LESION, {"schedule": "cpu"}, "cuda") == for_cpu(FLAIR_LESION)
+    assert for_request(FLAIR_LESION, {"schedule": "paper"}, "cpu") == FLAIR_LESION
+    asked = for_request(FLAIR_LESION, {"max_epochs": 7, "lr": 3e-4}, "cpu")
+    assert (asked.epochs, asked.lr, asked.patch) == (7, 3e-4, for_cpu(FLAIR_LESION).patch)
 
 
 def test_pooled_scores_weigh_lesions_not_studies():

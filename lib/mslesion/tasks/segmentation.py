@@ -28,7 +28,7 @@ from ..unet.evaluate import retuned_for_site
 from ..unet.inference import amp_sliding_window
 from ..unet.networks import lesion_unet
 from ..unet.postprocess import LesionLabeld, RestoreGeometryd, requested
-from ..unet.recipes import Recipe, for_cpu, from_checkpoint, postprocessing
+from ..unet.recipes import Recipe, for_request, from_checkpoint, postprocessing
 from ..unet.training import fit
 from ..unet.transforms import IMAGE, preprocess
 from ..vocabulary import model_labels
@@ -210,11 +210,7 @@ class LesionSegmentationTrain(StatsFileTrainTask):
         """Training in this process: the only one, or one rank of several (then rank 0 writes stats and publishes)."""
         world = distributed.current()
         device = world.device if world.distributed else torch.device(name_to_device(request.get("device", "cuda")))
-        schedule = request.get("schedule", "auto")
-        recipe = self.recipe if schedule == "paper" or (schedule == "auto" and device.type == "cuda") else for_cpu(
-            self.recipe
-        )
-        recipe = recipe.with_overrides(request)
+        recipe = for_request(self.recipe, request, device.type)
         n_val = max(1, round(len(items) * recipe.val_fraction))
         val_items, train_items = items[-n_val:], items[:-n_val]
 

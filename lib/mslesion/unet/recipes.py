@@ -79,6 +79,14 @@ def for_cpu(recipe: Recipe) -> Recipe:
                    elastic_prob=0.0, lr=max(recipe.lr, 2e-4))
 
 
+def for_request(recipe: Recipe, request: dict, device_type: str) -> Recipe:
+    """The recipe a fine-tuning request runs: the paper's schedule when asked (``schedule: paper``) or, with
+    ``auto``, on a GPU; the CPU schedule otherwise; then the request's own overrides (epochs, lr...)."""
+    schedule = request.get("schedule", "auto")
+    paper = schedule == "paper" or (schedule == "auto" and device_type == "cuda")
+    return (recipe if paper else for_cpu(recipe)).with_overrides(request)
+
+
 def for_cpu_pretraining(recipe: Recipe) -> Recipe:
     """Long CPU pretraining: 48^3 patches (2.4x cheaper than 64^3, so more steps in the budget; batch norm makes the
     patch size independent of the whole-study window used at inference), 16 per study, no elastic deformation."""
